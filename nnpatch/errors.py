@@ -1,0 +1,29 @@
+"""nnpatch's error types: each carries one line a researcher can act on."""
+
+from __future__ import annotations
+
+
+class NnpatchError(Exception):
+    """Base class: the CLI prints the message as one line and exits 2."""
+
+    exit_code = 2
+
+
+class RecipeError(NnpatchError):
+    """A recipe file or override is wrong: names the file, the dotted field and the fix."""
+
+    def __init__(self, path: object, field: str, problem: str, fix: str = "") -> None:
+        self.path = str(path)
+        self.field = field
+        message = f"{self.path}: {field}: {problem}"
+        if fix:
+            message += f"; {fix}"
+        super().__init__(message)
+
+
+class PairsError(NnpatchError):
+    """A pairs file or built-in set cannot be used as clean/corrupted pairs."""
+
+
+class ModelError(NnpatchError):
+    """A model cannot be built or does not support what the recipe asks of it."""

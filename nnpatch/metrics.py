@@ -1,0 +1,92 @@
+"""Answer metrics, computed on the device inside the trace (DESIGN.md, "Metrics").
+
+All position-wise metrics are read at the answer position: the first answer token where
+the clean and corrupted answers differ, teacher-forced after eot + "The answer is:".
+Answers end with eos, so "1" and "12" differ at the eos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AnswerTargets:
+    """Per-row answer tokens and where the two answers first differ."""
+
+    clean: torch.Tensor  # [B, A] clean answer ids (right-padded)
+    clean_mask: torch.Tensor  # [B, A] 1 on real tokens
+    corrupt: torch.Tensor  # [B, A']
+    corrupt_mask: torch.Tensor  # [B, A']
+    diff_index: torch.Tensor  # [B] first index where the answers differ
+
+
+@dataclass
+class Scores:
+    """What one forward says about the answers, per row."""
+
+    logits: torch.Tensor  # [B, V] at the answer position
+    logit_diff: torch.Tensor  # [B]
+    logprob_clean: torch.Tensor  # [B] log P(clean answer), whole answer
+    logprob_corrupt: torch.Tensor  # [B]
+
+
+@dataclass
+class References:
+    """Each row's pair baselines: the unpatched clean and corrupted runs."""
+
+    clean_logits: torch.Tensor  # [B, V] at the answer position
+    corrupt_logits: torch.Tensor  # [B, V]
+    receiver_top1: torch.Tensor  # [B] argmax of the run being patched
+    clean_logit_diff: torch.Tensor  # [B]
+    corrupt_logit_diff: torch.Tensor  # [B]
+
+
+def score(logits_clean: torch.Tensor, logits_corrupt: torch.Tensor, t: AnswerTargets) -> Scores:
+    """Reduce teacher-forced answer logits ([B, A, V], [B, A', V]) to per-row scores."""
+    rows = torch.arange(logits_clean.shape[0], device=logits_clean.device)
+    at_diff = logits_clean[rows, t.diff_index].float()  # [B, V]
+    clean_tok = t.clean[rows, t.diff_index]
+    corrupt_tok = t.corrupt[rows, t.diff_index]
+    logit_diff = at_diff[rows, clean_tok] - at_diff[rows, corrupt_tok]
+    return Scores(
+        logits=at_diff,
+        logit_diff=logit_diff,
+        logprob_clean=_sequence_logprob(logits_clean, t.clean, t.clean_mask),
+        logprob_corrupt=_sequence_logprob(logits_corrupt, t.corrupt, t.corrupt_mask),
+    )
+
+
+def _sequence_logprob(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    token_logprobs = logprobs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [B, A]
+    return (token_logprobs * mask).sum(-1)
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(P ‖ Q) per row, from logits."""
+    log_p = torch.log_softmax(p_logits, dim=-1)
+    log_q = torch.log_softmax(q_logits, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+Metric = Callable[[Scores, References], torch.Tensor]
+
+METRICS: dict[str, Metric] = {
+    "logit_diff": lambda s, r: s.logit_diff,
+    "recovery": lambda s, r: (s.logit_diff - r.corrupt_logit_diff)
+    / (r.clean_logit_diff - r.corrupt_logit_diff),
+    "logprob_diff": lambda s, r: s.logprob_clean - s.logprob_corrupt,
+    "kl_to_clean": lambda s, r: _kl(r.clean_logits, s.logits),
+    "kl_from_corrupt": lambda s, r: _kl(s.logits, r.corrupt_logits),
+    "l2": lambda s, r: (s.logits - r.corrupt_logits).norm(dim=-1),
+    "top1_changed": lambda s, r: (s.logits.argmax(-1) != r.receiver_top1).float(),
+}
+
+
+def compute(names: list[str], scores: Scores, refs: References) -> torch.Tensor:
+    """The named metrics as one [B, len(names)] float tensor (one small transfer)."""
+    return torch.stack([METRICS[name](scores, refs).float() for name in names], dim=-1)

@@ -1,0 +1,133 @@
+"""ThoughtModel: what the engine needs from a continuous-thought model, whatever its kind.
+
+It owns the nn.Module whose forward runs the whole recurrent computation, the tokenizer,
+and the map from abstract cells (site, layer, position) to the module call that carries
+them, so the engine never sees a backend path or a sequence index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from nnpatch.errors import ModelError
+from nnpatch.models.codi import CodiModel
+
+SITES = ("resid", "attn", "mlp", "thought")
+ANSWER_PREFIX = "The answer is:"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Where one (site, layer, position) activation lives in the recurrent forward."""
+
+    path: str  # module path relative to the ThoughtModel's module root
+    call: int  # which call of that module (nnsight iteration)
+    token: int  # token index within that call's output (-1: the last)
+    tuple_output: bool  # the module returns a tuple whose first element is patched
+
+
+@dataclass
+class Encoded:
+    """A batch ready for the recurrent forward: receiver questions, both answers of each pair."""
+
+    input_ids: torch.Tensor  # [B, T] left-padded question + bot
+    attention_mask: torch.Tensor  # [B, T]
+    prefix_ids: torch.Tensor  # [P]
+    clean_answer: torch.Tensor  # [B, A] right-padded, ends with eos
+    corrupt_answer: torch.Tensor  # [B, A']
+    clean_mask: torch.Tensor  # [B, A] 1 on real answer tokens
+    corrupt_mask: torch.Tensor  # [B, A']
+
+    def args(self) -> tuple[torch.Tensor, ...]:
+        return (self.input_ids, self.attention_mask, self.prefix_ids,
+                self.clean_answer, self.corrupt_answer)
+
+
+class ThoughtModel:
+    """A CODI-architecture model with its tokenizer, ready to encode and patch."""
+
+    def __init__(self, module: CodiModel, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+        self.module = module.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+
+    @property
+    def num_layers(self) -> int:
+        return self.module.num_layers
+
+    @property
+    def num_thoughts(self) -> int:
+        return self.module.num_thoughts
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    def position_labels(self) -> list[str]:
+        """Every patchable position, in sequence order: bot, 0..K-1, eot."""
+        return ["bot", *map(str, range(self.num_thoughts)), "eot"]
+
+    def cell(self, site: str, layer: int | None, position: str) -> Cell:
+        """Locate the activation of one (site, layer, position) cell in the forward."""
+        if site == "thought":
+            if not position.isdigit():
+                raise ModelError(f"site 'thought' has only thought positions, not {position!r}")
+            return Cell("prj", int(position), 0, False)
+        if layer is None:
+            raise ModelError(f"site {site!r} needs a layer")
+        path = "lm." + self.module.family.site_path(site, layer)
+        if position == "bot":
+            call, token = 0, -1
+        elif position == "eot":
+            call, token = self.num_thoughts + 1, 0
+        else:
+            call, token = int(position) + 1, 0
+        return Cell(path, call, token, site == "attn")
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Token ids of an answer as the model writes it after the prefix, then eos.
+
+        The eos makes answers that are prefixes of one another ("1" / "12") differ.
+        """
+        ids = self.tokenizer(" " + answer.strip(), add_special_tokens=False).input_ids
+        return [*ids, self.eos_id]
+
+    @property
+    def eos_id(self) -> int:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ModelError(f"{self.name}: the tokenizer has no eos token")
+        return eos
+
+    def question_ids(self, question: str) -> list[int]:
+        ids = self.tokenizer(question.strip(), add_special_tokens=True).input_ids
+        return [*ids, self.module.bot_id]
+
+    def encode(self, questions: list[str], clean_answers: list[list[int]],
+               corrupt_answers: list[list[int]]) -> Encoded:
+        questions_ids = [self.question_ids(q) for q in questions]
+        pad = self.module.pad_id
+        input_ids, mask = pad_rows(questions_ids, pad, left=True)
+        prefix = torch.tensor(self.tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids)
+        clean, clean_mask = pad_rows(clean_answers, pad, left=False)
+        corrupt, corrupt_mask = pad_rows(corrupt_answers, pad, left=False)
+        tensors = (input_ids, mask, prefix, clean, corrupt, clean_mask, corrupt_mask)
+        return Encoded(*(t.to(self.device) for t in tensors))
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row)
+        mask[i, span] = 1
+    return ids, mask

@@ -1,0 +1,133 @@
+"""CODI: a causal LM that reasons in K continuous thoughts fed back through a projection.
+
+The forward runs the whole recurrent computation of DESIGN.md in one call, so a single
+nnsight trace sees every step (each decoder layer is called K + 3 times per forward):
+
+    call 0        question + bot (left-padded), fills the KV cache
+    call 1..K     thought t = prj(final hidden of the previous step), fed as inputs_embeds
+    call K+1      eot + answer prefix + clean answer (teacher-forced)
+    call K+2      corrupted answer, continuing from the cache truncated after the prefix
+
+Attention mask and position ids are passed at every step, so a left-padded batch equals
+the same questions run one by one (the CODI reference loop passes neither).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+from nnpatch.models.families import Family, family_of
+
+
+class Projection(nn.Module):
+    """CODI's `prj`: Dropout → Linear(d, prj_dim) → GELU → Linear(prj_dim, d) → LayerNorm(d).
+
+    Indices match the released state-dict keys `prj.1.*`, `prj.3.*`, `prj.ln.*`.
+    """
+
+    def __init__(self, hidden_size: int, prj_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.add_module("0", nn.Dropout(dropout))
+        self.add_module("1", nn.Linear(hidden_size, prj_dim))
+        self.add_module("2", nn.GELU())
+        self.add_module("3", nn.Linear(prj_dim, hidden_size))
+        self.ln = nn.LayerNorm(hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        for index in range(4):
+            hidden = self._modules[str(index)](hidden)
+        return self.ln(hidden)
+
+
+class CodiModel(nn.Module):
+    """A base causal LM plus `prj`, run as CODI runs it at inference.
+
+    `forward` takes a batch already encoded by `nnpatch.models.encode` and returns the
+    teacher-forced logits of both answers: `(logits_clean, logits_corrupt)`, each
+    `[batch, answer_len, vocab]`, where entry j predicts answer token j.
+    """
+
+    def __init__(
+        self,
+        lm: PreTrainedModel,
+        prj: Projection,
+        num_thoughts: int,
+        bot_id: int,
+        eot_id: int,
+        pad_id: int,
+    ) -> None:
+        super().__init__()
+        self.lm = lm
+        self.prj = prj
+        self.num_thoughts = num_thoughts
+        self.bot_id = bot_id
+        self.eot_id = eot_id
+        self.pad_id = pad_id
+        self.family: Family = family_of(lm)
+
+    @property
+    def num_layers(self) -> int:
+        return self.lm.config.num_hidden_layers
+
+    def _decode(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor,
+                ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """One decoder call on new tokens; returns the final-norm hidden states."""
+        decoder = self.family.decoder(self.lm)
+        out = decoder(input_ids=ids, inputs_embeds=embeds, attention_mask=mask,
+                      position_ids=positions, cache=cache, use_cache=True)
+        return out.last_hidden_state
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, T] left-padded question + bot
+        attention_mask: torch.Tensor,  # [B, T]
+        prefix_ids: torch.Tensor,  # [P] the "The answer is:" tokens
+        clean_answer: torch.Tensor,  # [B, A] right-padded
+        corrupt_answer: torch.Tensor,  # [B, A'] right-padded
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = input_ids.shape[0]
+        cache = DynamicCache(config=self.lm.config)
+        mask = attention_mask.long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self._decode(cache, mask, positions, ids=input_ids)
+        next_position = positions[:, -1:] + 1  # [B, 1]
+        one = mask.new_ones(batch, 1)
+
+        for _ in range(self.num_thoughts):
+            thought = self.prj(hidden[:, -1:])  # [B, 1, d]
+            mask = torch.cat([mask, one], dim=1)
+            hidden = self._decode(cache, mask, next_position, embeds=thought)
+            next_position = next_position + 1
+
+        eot = input_ids.new_full((batch, 1), self.eot_id)
+        prefix = prefix_ids.to(input_ids.device).expand(batch, -1)
+        tail = torch.cat([eot, prefix, clean_answer], dim=1)
+        length_before_answer = cache.get_seq_length() + 1 + prefix.shape[1]
+        tail_mask = torch.cat([mask, mask.new_ones(tail.shape)], dim=1)
+        tail_positions = next_position + torch.arange(tail.shape[1], device=tail.device)
+        hidden = self._decode(cache, tail_mask, tail_positions, ids=tail)
+        first = prefix.shape[1]  # tail index of the last prefix token
+        logits_clean = self.lm.lm_head(hidden[:, first : first + clean_answer.shape[1]])
+
+        truncate_cache(cache, length_before_answer)
+        corrupt_mask = torch.cat(
+            [tail_mask[:, :length_before_answer], mask.new_ones(corrupt_answer.shape)], dim=1
+        )
+        corrupt_positions = tail_positions[:, first : first + 1] + 1 + torch.arange(
+            corrupt_answer.shape[1], device=tail.device
+        )
+        hidden_corrupt = self._decode(cache, corrupt_mask, corrupt_positions, ids=corrupt_answer)
+        logits_corrupt = torch.cat(
+            [logits_clean[:, :1], self.lm.lm_head(hidden_corrupt[:, : corrupt_answer.shape[1] - 1])],
+            dim=1,
+        )
+        return logits_clean, logits_corrupt
+
+
+def truncate_cache(cache: DynamicCache, length: int) -> None:
+    """Drop every cached key and value after the first `length` positions."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., :length, :]
+        layer.values = layer.values[..., :length, :]

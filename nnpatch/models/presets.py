@@ -1,0 +1,52 @@
+"""Named presets: models built from a config in memory, with no download.
+
+`tiny-random-codi` (Llama family) and `tiny-random-codi-gpt2` are random-weight CODI
+models for tests and smoke runs. Their weights are seeded, so every build is identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from nnpatch.models.base import ThoughtModel
+from nnpatch.models.codi import CodiModel, Projection
+from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
+
+SEED = 0
+# Large enough init that clean and corrupted questions give clearly different answers.
+INIT_STD = 0.1
+
+
+def tiny_random_codi(family: str = "llama", num_thoughts: int = 6) -> ThoughtModel:
+    """A small random-weight CODI model: 4 layers (Llama) or 3 (GPT-2), d = 64."""
+    tokenizer = build_tiny_tokenizer()
+    vocab = len(tokenizer)  # CODI ids: pad = V, bot = V + 1, eot = V + 2
+    with torch.random.fork_rng():
+        torch.manual_seed(SEED)
+        if family == "llama":
+            config = LlamaConfig(
+                vocab_size=vocab + 3, hidden_size=64, intermediate_size=128,
+                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=512, initializer_range=INIT_STD,
+                tie_word_embeddings=False,
+            )
+            lm = LlamaForCausalLM(config)
+        else:
+            config = GPT2Config(
+                vocab_size=vocab + 3, n_embd=64, n_layer=3, n_head=4, n_positions=512,
+                initializer_range=INIT_STD,
+            )
+            lm = GPT2LMHeadModel(config)
+        prj = Projection(64, 64)
+    module = CodiModel(lm, prj, num_thoughts, bot_id=vocab + 1, eot_id=vocab + 2, pad_id=vocab)
+    name = "tiny-random-codi" if family == "llama" else "tiny-random-codi-gpt2"
+    return ThoughtModel(module.float().eval(), tokenizer, name)
+
+
+PRESETS: dict[str, Callable[..., ThoughtModel]] = {
+    "tiny-random-codi": lambda **kw: tiny_random_codi("llama", **kw),
+    "tiny-random-codi-gpt2": lambda **kw: tiny_random_codi("gpt2", **kw),
+}

@@ -1,0 +1,81 @@
+"""Load clean/corrupted pairs from a JSONL file or a built-in set, and check them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nnpatch.errors import PairsError
+from nnpatch.pairs.builtin import BUILTIN
+from nnpatch.pairs.schema import FIELDS, Pair
+
+
+def load_pairs(source: str, base_dir: Path, limit: int | None = None) -> list[Pair]:
+    """Pairs from a built-in set's name or a JSONL path (relative paths: to `base_dir`)."""
+    if source in BUILTIN:
+        pairs = BUILTIN[source]()
+    else:
+        pairs = read_jsonl(_resolve(source, base_dir))
+    check_pairs(pairs, source)
+    return pairs[:limit] if limit else pairs
+
+
+def _resolve(source: str, base_dir: Path) -> Path:
+    path = Path(source).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    if not path.is_file():
+        known = ", ".join(BUILTIN)
+        raise PairsError(
+            f"data.pairs: {source!r} is neither a file (looked at {path}) nor a built-in set "
+            f"({known}); give a JSONL path relative to the recipe's folder"
+        )
+    return path
+
+
+def read_jsonl(path: Path) -> list[Pair]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PairsError(f"{path}: not UTF-8 text; save the pairs file as UTF-8") from None
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PairsError(f"{where}: malformed JSON ({err.msg}); one object per line") from None
+        if not isinstance(row, dict):
+            raise PairsError(f"{where}: expected a JSON object with fields {', '.join(FIELDS)}")
+        pairs.append(_pair_from_row(row, where))
+    if not pairs:
+        raise PairsError(f"{path}: no pairs in the file; one JSON object per line")
+    return pairs
+
+
+def _pair_from_row(row: dict, where: str) -> Pair:
+    values = {}
+    for field in FIELDS:
+        value = row.get(field)
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise PairsError(f"{where}: field {field!r} is missing or not text; every row needs "
+                             f"{', '.join(FIELDS)}")
+        values[field] = str(value).strip()
+        if not values[field]:
+            raise PairsError(f"{where}: field {field!r} is empty")
+    return Pair(**values)
+
+
+def check_pairs(pairs: list[Pair], source: str) -> None:
+    seen: set[str] = set()
+    for pair in pairs:
+        if pair.id in seen:
+            raise PairsError(f"{source}: pair id {pair.id!r} appears twice; ids must be unique")
+        seen.add(pair.id)
+        if pair.clean_answer == pair.corrupted_answer:
+            raise PairsError(
+                f"{source}: pair {pair.id!r} has equal clean and corrupted answers "
+                f"({pair.clean_answer!r}); patching needs answers that differ"
+            )

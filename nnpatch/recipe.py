@@ -1,0 +1,172 @@
+"""Recipes: a TOML file → a frozen, validated `Recipe`.
+
+Recipes are data: no field is evaluated or imported. Checks that need the model (layer and
+position ranges) happen in `nnpatch.plan`, before any run folder is made.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nnpatch.errors import RecipeError
+from nnpatch.metrics import METRICS
+
+Position = int | Literal["bot", "eot"]
+Positions = Literal["all"] | list[Annotated[Position, Field(union_mode="left_to_right")]]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(Strict):
+    preset: str | None = None
+    kind: Literal["codi", "coconut", "causal_lm"] | None = None
+    checkpoint: str | None = None
+    base: str | None = None
+    num_thoughts: int | None = Field(default=None, ge=1, le=64)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+
+
+class DataSection(Strict):
+    pairs: str = Field(min_length=1)
+    limit: int | None = Field(default=None, ge=1)
+
+
+class PatchCommon(Strict):
+    site: Literal["resid", "attn", "mlp", "thought"] = "resid"
+    layers: Literal["all"] | list[Annotated[int, Field(ge=0)]] = "all"
+    positions: Positions = "all"
+    direction: Literal["denoise", "noise"] = "denoise"
+
+
+class SinglePatch(PatchCommon):
+    """One (layer, position) cell per row."""
+
+    mode: Literal["single"]
+
+
+class LayerPatch(PatchCommon):
+    """Every selected position at one layer per row."""
+
+    mode: Literal["layer"]
+
+
+class ChainedPatch(PatchCommon):
+    """Cumulative prefixes of the selected positions (t ≤ k) at one layer per row."""
+
+    mode: Literal["chained"]
+
+
+class SetsPatch(PatchCommon):
+    """Explicit position sets at one layer per row."""
+
+    mode: Literal["sets"]
+    sets: list[list[Annotated[Position, Field(union_mode="left_to_right")]]] = Field(min_length=1)
+
+    @field_validator("sets")
+    @classmethod
+    def _nonempty_sets(cls, sets: list[list[Position]]) -> list[list[Position]]:
+        if any(len(s) == 0 for s in sets):
+            raise ValueError("every set needs at least one position")
+        return sets
+
+
+Patch = Annotated[
+    SinglePatch | LayerPatch | ChainedPatch | SetsPatch, Field(discriminator="mode")
+]
+
+
+class MetricsSection(Strict):
+    names: list[str] = Field(default_factory=lambda: list(METRICS), min_length=1)
+
+    @field_validator("names")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in METRICS:
+                close = difflib.get_close_matches(name, list(METRICS), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown metric {name!r}{hint}; known: {', '.join(METRICS)}")
+        return names
+
+
+class RunSection(Strict):
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    output: str = "outputs"
+    seed: int = 0
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    model: ModelSection
+    data: DataSection
+    patch: Patch
+    metrics: MetricsSection = MetricsSection()
+    run: RunSection = RunSection()
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe; every problem is a one-line `RecipeError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(path, "(file)", "no such recipe file", "check the path")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RecipeError(path, "(file)", "not UTF-8 text", "save the recipe as UTF-8") from None
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(path, "(toml)", f"malformed TOML: {err}", "fix the syntax") from None
+    for item in overrides:
+        apply_override(raw, item, path)
+    return validate_recipe(raw, path)
+
+
+def validate_recipe(raw: dict[str, Any], path: str | Path = "<recipe>") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"] if not _is_union_tag(p)) or "(top)"
+        problem = first["msg"]
+        if first["type"] == "extra_forbidden":
+            problem = "unknown key"
+            fix = "remove it or check its spelling against the README's recipe reference"
+        elif first["type"] == "missing":
+            fix = "add it"
+        else:
+            fix = f"got {first.get('input')!r}"
+        raise RecipeError(path, field, problem, fix) from None
+
+
+def _is_union_tag(part: object) -> bool:
+    """Pydantic puts union branch names (`single`, `list[...]`) into error locations."""
+    return isinstance(part, str) and (part in ("single", "layer", "chained", "sets")
+                                      or "[" in part or part in ("int", "str"))
+
+
+def apply_override(raw: dict[str, Any], item: str, path: str | Path) -> None:
+    """Apply one `dotted.key=value` override; the value is parsed as TOML, else taken as text."""
+    if "=" not in item:
+        raise RecipeError(path, "--set", f"{item!r} has no '='", "write --set dotted.key=value")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise RecipeError(path, "--set", f"bad key {key!r}", "write --set dotted.key=value")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(path, key, f"{part!r} is not a table", "override a leaf key")
+        node = child
+    node[parts[-1]] = value

@@ -1,0 +1,147 @@
+"""An independent reference: plain PyTorch forward hooks, one recurrent forward per patch.
+
+It shares only the model and its tokenizer with nnpatch. Cells are located here from
+DESIGN.md's sequence layout (bot = last token of call 0, thought t = call t + 1, eot = first
+token of call K + 1, site `thought` = call t of prj), runs are unbatched and unpadded, and
+metrics are recomputed in float64 numpy from the formulas in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from nnpatch.models.base import ANSWER_PREFIX, ThoughtModel
+
+SUBMODULES = {
+    "llama": ("model", "layers", {"attn": "self_attn", "mlp": "mlp"}),
+    "gpt2": ("transformer", "h", {"attn": "attn", "mlp": "mlp"}),
+}
+
+
+def site_module(model: ThoughtModel, site: str, layer: int | None) -> torch.nn.Module:
+    if site == "thought":
+        return model.module.prj
+    decoder, layers, subs = SUBMODULES[model.module.lm.config.model_type]
+    block = getattr(getattr(model.module.lm, decoder), layers)[layer]
+    return block if site == "resid" else getattr(block, subs[site])
+
+
+def call_and_token(site: str, position: str, num_thoughts: int) -> tuple[int, int]:
+    if site == "thought":
+        return int(position), 0
+    if position == "bot":
+        return 0, -1
+    if position == "eot":
+        return num_thoughts + 1, 0
+    return int(position) + 1, 0
+
+
+def run_one(model: ThoughtModel, question: str, clean: list[int], corrupt: list[int],
+            hooks: list[tuple[torch.nn.Module, object]] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """One unpadded recurrent forward with the given hooks; answer logits as float64."""
+    ids = torch.tensor([model.question_ids(question)])
+    prefix = torch.tensor(model.tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids)
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        with torch.no_grad():
+            logits_clean, logits_corrupt = model.module(
+                ids, torch.ones_like(ids), prefix, torch.tensor([clean]), torch.tensor([corrupt]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits_clean[0].double().numpy(), logits_corrupt[0].double().numpy()
+
+
+def recorder(store: list):
+    def hook(module, args, output):
+        value = output[0] if isinstance(output, tuple) else output
+        store.append(value.detach().clone())
+    return hook
+
+
+def patcher(targets: dict[int, tuple[int, torch.Tensor]]):
+    """Replace output[:, token] on the listed calls with the given vector."""
+    count = {"n": 0}
+
+    def hook(module, args, output):
+        call = count["n"]
+        count["n"] += 1
+        if call not in targets:
+            return None
+        token, vector = targets[call]
+        if isinstance(output, tuple):
+            patched = output[0].clone()
+            patched[:, token] = vector
+            return (patched, *output[1:])
+        patched = output.clone()
+        patched[:, token] = vector
+        return patched
+    return hook
+
+
+def answer_ids(model: ThoughtModel, answer: str) -> list[int]:
+    ids = model.tokenizer(" " + answer, add_special_tokens=False).input_ids
+    return ids + [model.tokenizer.eos_token_id]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def answer_view(logits_clean, logits_corrupt, clean, corrupt):
+    d = next(i for i, (a, b) in enumerate(zip(clean, corrupt, strict=False)) if a != b)
+    at_d = logits_clean[d]
+    lp_c = sum(log_softmax(logits_clean[j])[t] for j, t in enumerate(clean))
+    lp_k = sum(log_softmax(logits_corrupt[j])[t] for j, t in enumerate(corrupt))
+    return {"at_d": at_d, "ld": at_d[clean[d]] - at_d[corrupt[d]], "lp_c": lp_c, "lp_k": lp_k}
+
+
+def metrics(view: dict, clean_view: dict, corrupt_view: dict, receiver_view: dict) -> dict:
+    p_clean = np.exp(log_softmax(clean_view["at_d"]))
+    lp_patched = log_softmax(view["at_d"])
+    lp_clean = log_softmax(clean_view["at_d"])
+    lp_corrupt = log_softmax(corrupt_view["at_d"])
+    return {
+        "logit_diff": view["ld"],
+        "recovery": (view["ld"] - corrupt_view["ld"]) / (clean_view["ld"] - corrupt_view["ld"]),
+        "logprob_diff": view["lp_c"] - view["lp_k"],
+        "kl_to_clean": float((p_clean * (lp_clean - lp_patched)).sum()),
+        "kl_from_corrupt": float((np.exp(lp_patched) * (lp_patched - lp_corrupt)).sum()),
+        "l2": float(np.linalg.norm(view["at_d"] - corrupt_view["at_d"])),
+        "top1_changed": float(view["at_d"].argmax() != receiver_view["at_d"].argmax()),
+    }
+
+
+def reference_rows(model: ThoughtModel, pairs, specs, site: str, direction: str) -> list[dict]:
+    """Every (spec, pair) row's metrics, computed one recurrent forward at a time."""
+    rows = []
+    K = model.num_thoughts
+    for pair in pairs:
+        clean, corrupt = answer_ids(model, pair.clean_answer), answer_ids(model, pair.corrupted_answer)
+        donor_question = pair.clean_question if direction == "denoise" else pair.corrupted_question
+        receiver_question = pair.corrupted_question if direction == "denoise" else pair.clean_question
+        recorded: dict[tuple, list] = {}
+        hooks = []
+        for spec in specs:
+            key = (site, spec.layer)
+            if key not in recorded:
+                recorded[key] = []
+                hooks.append((site_module(model, site, spec.layer), recorder(recorded[key])))
+        run_one(model, donor_question, clean, corrupt, hooks)
+        clean_view = answer_view(*run_one(model, pair.clean_question, clean, corrupt), clean, corrupt)
+        corrupt_view = answer_view(*run_one(model, pair.corrupted_question, clean, corrupt),
+                                   clean, corrupt)
+        receiver_view = corrupt_view if direction == "denoise" else clean_view
+        for spec in specs:
+            targets = {}
+            for position in spec.positions:
+                call, token = call_and_token(site, position, K)
+                targets[call] = (token, recorded[(site, spec.layer)][call][:, token])
+            patched = run_one(model, receiver_question, clean, corrupt,
+                              [(site_module(model, site, spec.layer), patcher(targets))])
+            view = answer_view(*patched, clean, corrupt)
+            rows.append({"pair_id": pair.id, "layer": spec.layer, "positions": spec.positions,
+                         **metrics(view, clean_view, corrupt_view, receiver_view)})
+    return rows

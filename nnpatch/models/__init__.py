@@ -1,0 +1,49 @@
+"""Continuous-thought models: build one from a recipe's [model] section."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+
+from nnpatch.errors import RecipeError
+from nnpatch.models.base import ThoughtModel
+from nnpatch.models.presets import PRESETS
+from nnpatch.recipe import ModelSection
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_model(section: ModelSection, source: str | Path = "<recipe>") -> ThoughtModel:
+    """The recipe's model on its device and dtype; a bad section is a one-line RecipeError."""
+    if section.preset is None:
+        if section.kind is None:
+            raise RecipeError(source, "model", "names no model",
+                              f"set model.preset (one of {', '.join(PRESETS)})")
+        raise RecipeError(source, "model.kind", f"loading {section.kind!r} checkpoints is not "
+                          "implemented in this version", "use model.preset for now")
+    if section.preset not in PRESETS:
+        close = difflib.get_close_matches(section.preset, list(PRESETS), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(PRESETS)}"
+        raise RecipeError(source, "model.preset", f"unknown preset {section.preset!r}", hint)
+    device = _device(section.device, source)
+    kwargs = {} if section.num_thoughts is None else {"num_thoughts": section.num_thoughts}
+    model = PRESETS[section.preset](**kwargs)
+    model.module.to(device=device, dtype=DTYPES[section.dtype])
+    return model
+
+
+def _device(name: str, source: str | Path) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RecipeError(source, "model.device", f"unknown device {name!r}",
+                          "use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(source, "model.device", "CUDA is not available on this machine",
+                          "use --set model.device=cpu")
+    return device
+
+
+__all__ = ["ThoughtModel", "build_model"]

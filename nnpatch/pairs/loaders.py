@@ -27,7 +27,7 @@ def _resolve(source: str, base_dir: Path) -> Path:
     if not path.is_file():
         known = ", ".join(BUILTIN)
         raise PairsError(
-            f"data.pairs: {source!r} is neither a file (looked at {path}) nor a built-in set "
+            f"{source!r} is neither a file (looked at {path}) nor a built-in set "
             f"({known}); give a JSONL path relative to the recipe's folder"
         )
     return path

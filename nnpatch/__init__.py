@@ -1,0 +1,31 @@
+"""nnpatch: declarative activation patching for continuous-thought language models.
+
+The public API, imported lazily so `nnpatch --help` stays fast:
+`load_recipe`, `Recipe`, `build_model`, `ThoughtModel`, `prepare`, `execute`,
+`Pair`, `load_pairs`, and the error types.
+"""
+
+from importlib import import_module
+
+from nnpatch.errors import ModelError, NnpatchError, PairsError, RecipeError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_recipe": "nnpatch.recipe",
+    "Recipe": "nnpatch.recipe",
+    "build_model": "nnpatch.models",
+    "ThoughtModel": "nnpatch.models",
+    "prepare": "nnpatch.runner",
+    "execute": "nnpatch.runner",
+    "Pair": "nnpatch.pairs",
+    "load_pairs": "nnpatch.pairs",
+}
+
+__all__ = ["ModelError", "NnpatchError", "PairsError", "RecipeError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nnpatch' has no attribute {name!r}")

@@ -1,0 +1,86 @@
+"""The `nnpatch` command: thin click commands over the library."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from nnpatch import __version__
+from nnpatch.errors import NnpatchError
+
+RUN_HELP = """Run the patching sweep a RECIPE describes and write a run folder.
+
+\b
+Example:
+  nnpatch run recipes/position.toml --set patch.direction=noise --limit 8
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"],
+                               "auto_envvar_prefix": "NNPATCH"})
+@click.version_option(__version__, prog_name="nnpatch")
+def main() -> None:
+    """Activation patching for continuous-thought models (CODI, Coconut), from TOML recipes."""
+
+
+@main.command(help=RUN_HELP)
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe field, e.g. --set patch.site=attn (value parsed as TOML).")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N pairs.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (run.output).")
+def run(recipe: str, overrides: tuple[str, ...], limit: int | None, out: str | None) -> None:
+    from nnpatch.report_text import render_summary
+    from nnpatch.runner import execute, prepare
+
+    with _errors():
+        prep = prepare(recipe, list(overrides), limit, out)
+        rows = len(prep.plan) * len(prep.pairs)
+        click.echo(f"{prep.model.name}: {len(prep.pairs)} pairs × {len(prep.plan)} patches "
+                   f"= {rows} rows, batch {prep.recipe.run.batch_size}", err=True)
+        finished = execute(prep, progress=_progress)
+        click.echo(render_summary(prep, finished))
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe field before validating.")
+def validate(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Check a RECIPE (schema, model, pairs, patch plan) without running it."""
+    from nnpatch.runner import prepare
+
+    with _errors():
+        prep = prepare(recipe, list(overrides))
+        click.echo(f"{recipe}: ok ({prep.model.name}, {len(prep.pairs)} pairs, "
+                   f"{len(prep.plan)} patches per pair, mode {prep.recipe.patch.mode}, "
+                   f"site {prep.recipe.patch.site})")
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="patching", unit="row", file=sys.stderr, disable=None)
+
+    def tick(n: int) -> None:
+        bar.update(n)
+        if bar.n >= total:
+            bar.close()
+    return tick
+
+
+class _errors:
+    """Turn nnpatch errors into one clean line on stderr and exit code 2; Ctrl-C into 130."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if isinstance(err, NnpatchError):
+            click.echo(f"Error: {err}", err=True)
+            sys.exit(err.exit_code)
+        if isinstance(err, KeyboardInterrupt):
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+        return False

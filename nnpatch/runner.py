@@ -1,0 +1,181 @@
+"""From a recipe file to a finished run folder.
+
+`prepare` does every check that can fail on bad input (recipe, model, pairs, plan) before
+anything is written; `execute` runs the sweep and writes the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import torch
+
+import nnpatch
+from nnpatch import rundir
+from nnpatch.engine import Engine, PairAnswers
+from nnpatch.errors import PairsError, RecipeError
+from nnpatch.models import ThoughtModel, build_model
+from nnpatch.pairs import Pair, load_pairs
+from nnpatch.plan import PatchSpec, build_plan
+from nnpatch.recipe import Recipe, load_recipe
+from nnpatch.results import baselines_table, results_table, summarize
+
+
+@dataclass
+class Prepared:
+    recipe: Recipe
+    source: Path
+    overrides: list[str]
+    model: ThoughtModel
+    pairs: list[Pair]
+    pairs_read: int
+    plan: list[PatchSpec]
+    engine: Engine
+    answers: PairAnswers
+
+
+@dataclass
+class Finished:
+    path: Path
+    results: pl.DataFrame
+    baselines: pl.DataFrame
+    summary: pl.DataFrame
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def prepare(path: str | Path, overrides: list[str] = (), limit: int | None = None,
+            output: str | Path | None = None) -> Prepared:
+    """Load and check everything a run needs; raises NnpatchError on any bad input."""
+    source = Path(path)
+    overrides = list(overrides)
+    if limit is not None:
+        overrides.append(f"data.limit={limit}")
+    if output is not None:
+        overrides.append(f"run.output={json.dumps(str(output))}")
+    recipe = load_recipe(source, overrides)
+    torch.manual_seed(recipe.run.seed)
+    model = build_model(recipe.model, source)
+    plan = build_plan(recipe, model, source)
+    try:
+        all_pairs = load_pairs(recipe.data.pairs, source.parent)
+        pairs = all_pairs[: recipe.data.limit] if recipe.data.limit else all_pairs
+        engine = Engine(model, recipe.patch.site, recipe.patch.direction, recipe.metrics.names)
+        answers = engine.answers(pairs)
+    except PairsError as err:
+        raise RecipeError(source, "data.pairs", str(err)) from None
+    return Prepared(recipe, source, overrides, model, pairs, len(all_pairs), plan, engine, answers)
+
+
+def execute(prep: Prepared, progress: Callable[[int], Callable[[int], None]] | None = None
+            ) -> Finished:
+    """Run the sweep and write the run folder; the manifest says how it ended."""
+    recipe = prep.recipe
+    path = rundir.new_run_dir(Path(recipe.run.output), recipe.name)
+    rundir.write_text(path / "recipe.toml", prep.source.read_text(encoding="utf-8"))
+    rundir.write_json(path / "resolved.json", resolved(prep))
+    manifest = base_manifest(prep)
+    rundir.write_json(path / "manifest.json", manifest)
+    started = time.perf_counter()
+    try:
+        finished = _sweep(prep, path, progress)
+    except BaseException as err:
+        manifest.update(status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+                        error=f"{type(err).__name__}: {err}", ended=rundir.now())
+        rundir.write_json(path / "manifest.json", manifest)
+        raise
+    total = time.perf_counter() - started
+    rows = finished.results.height
+    finished.timings.update(total_s=total, rows_per_s=rows / max(finished.timings["patch_s"], 1e-9))
+    manifest.update(status="finished", ended=rundir.now(), rows=rows, timings=finished.timings)
+    rundir.write_json(path / "manifest.json", manifest)
+    return finished
+
+
+def _sweep(prep: Prepared, path: Path, progress) -> Finished:
+    recipe, engine, pairs = prep.recipe, prep.engine, prep.pairs
+    names = recipe.metrics.names
+    cells = sorted({(s.layer, p) for s in prep.plan for p in s.positions},
+                   key=lambda c: (-1 if c[0] is None else c[0], c[1]))
+    clock = time.perf_counter()
+    base = engine.baselines(pairs, prep.answers, cells, max(1, recipe.run.batch_size // 2))
+    baseline_s = time.perf_counter() - clock
+    rows = [(spec, index) for spec in prep.plan for index in range(len(pairs))]
+    tick = progress(len(rows)) if progress else (lambda n: None)
+    clock = time.perf_counter()
+    values = engine.patch(pairs, prep.answers, base, rows, recipe.run.batch_size, tick)
+    patch_s = time.perf_counter() - clock
+    patch = recipe.patch
+    results = results_table(rows, pairs, values, names, patch.mode, patch.site, patch.direction)
+    baselines = baselines_table(pairs, base.clean_metrics.cpu(), base.corrupt_metrics.cpu(),
+                                names, _answer_columns(prep, base))
+    summary = summarize(results, names)
+    rundir.write_table(path / "results.parquet", results)
+    rundir.write_table(path / "baselines.parquet", baselines)
+    rundir.write_table(path / "summary.parquet", summary)
+    rundir.write_table(path / "summary.csv", summary)
+    return Finished(path, results, baselines, summary,
+                    {"baselines_s": baseline_s, "patch_s": patch_s})
+
+
+def _answer_columns(prep: Prepared, base) -> dict[str, list]:
+    """Where the answers first differ, and whether each unpatched run's top-1 is its answer."""
+    answers = prep.answers
+    clean_tok = [answers.clean[i][d] for i, d in enumerate(answers.diff_index)]
+    corrupt_tok = [answers.corrupt[i][d] for i, d in enumerate(answers.diff_index)]
+    refs = base.references
+    return {
+        "diff_index": answers.diff_index,
+        "clean_top1_is_clean_answer": (refs.clean_logits.argmax(-1).cpu()
+                                       == torch.tensor(clean_tok)).tolist(),
+        "corrupted_top1_is_corrupted_answer": (refs.corrupt_logits.argmax(-1).cpu()
+                                               == torch.tensor(corrupt_tok)).tolist(),
+    }
+
+
+def resolved(prep: Prepared) -> dict:
+    model = prep.model
+    return {
+        **prep.recipe.model_dump(mode="json"),
+        "resolved": {
+            "model": {"name": model.name, "num_layers": model.num_layers,
+                      "num_thoughts": model.num_thoughts, "dtype": str(model.dtype),
+                      "device": str(model.device)},
+            "layers": sorted({s.layer for s in prep.plan}, key=lambda x: -1 if x is None else x),
+            "patch_rows": [{"layer": s.layer, "positions": list(s.positions)} for s in prep.plan],
+            "pairs": [p.id for p in prep.pairs],
+            "overrides": prep.overrides,
+        },
+    }
+
+
+def base_manifest(prep: Prepared) -> dict:
+    import nnsight
+    import transformers
+
+    model = prep.model
+    return {
+        "schema_version": rundir.SCHEMA_VERSION,
+        "status": "running",
+        "started": rundir.now(),
+        "nnpatch_version": nnpatch.__version__,
+        "git_hash": rundir.git_hash(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "nnsight": nnsight.__version__,
+                     "polars": pl.__version__},
+        "recipe_file": str(prep.source.resolve()),
+        "overrides": prep.overrides,
+        "model": {"name": model.name, "revision": None, "dtype": str(model.dtype),
+                  "device": str(model.device), "num_layers": model.num_layers,
+                  "num_thoughts": model.num_thoughts,
+                  "parameters": sum(p.numel() for p in model.module.parameters())},
+        "seed": prep.recipe.run.seed,
+        "pairs": {"source": prep.recipe.data.pairs, "read": prep.pairs_read,
+                  "kept": len(prep.pairs)},
+        "patches_per_pair": len(prep.plan),
+    }

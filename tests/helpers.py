@@ -1,0 +1,50 @@
+"""Test helpers: write recipes and pair files, run them, read their results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from nnpatch.runner import execute, prepare
+
+
+def toml_value(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def write_recipe(folder: Path, name: str = "test", **sections: dict) -> Path:
+    """A recipe file; `sections` override the defaults table by table."""
+    tables = {
+        "model": {"preset": "tiny-random-codi"},
+        "data": {"pairs": "tiny-arithmetic", "limit": 3},
+        "patch": {"mode": "single"},
+        "run": {"batch_size": 16, "output": str(folder / "outputs")},
+    }
+    for table, values in sections.items():
+        tables[table] = {**tables.get(table, {}), **values}
+    lines = [f"name = {toml_value(name)}"]
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    path = folder / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_pairs(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run_recipe(path: Path, overrides: list[str] = ()) -> pl.DataFrame:
+    """Run a recipe through the public path and return its results table, read from disk."""
+    finished = execute(prepare(path, list(overrides)))
+    return pl.read_parquet(finished.path / "results.parquet")

@@ -1,0 +1,155 @@
+"""The engine against the per-patch forward-hook reference, and the patching invariants."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from helpers import run_recipe, write_pairs, write_recipe
+from reference import reference_rows
+
+from nnpatch.metrics import METRICS
+from nnpatch.models.presets import tiny_random_codi
+from nnpatch.pairs.builtin import tiny_arithmetic
+from nnpatch.plan import PatchSpec
+
+MODES = {
+    "single": {"positions": ["bot", 0, 3, "eot"]},
+    "layer": {"positions": [0, 2, 5]},
+    "chained": {"positions": [1, 2, 4]},
+    "sets": {"sets": [[0, 1], [2, "eot"]]},
+}
+THOUGHT_MODES = {
+    "single": {"positions": [0, 5]},
+    "layer": {},
+    "chained": {"positions": [0, 1, 2]},
+    "sets": {"sets": [[0, 3], [5]]},
+}
+
+
+def assert_matches_reference(results: pl.DataFrame, model, site: str, direction: str,
+                             pairs) -> None:
+    specs = [PatchSpec(layer, tuple(positions)) for layer, positions in
+             results.select("layer", "positions").unique(maintain_order=True).iter_rows()]
+    expected = reference_rows(model, pairs, specs, site, direction)
+    assert results.height == len(expected)
+    got = {(r["pair_id"], r["layer"], tuple(r["positions"])): r
+           for r in results.iter_rows(named=True)}
+    for row in expected:
+        actual = got[(row["pair_id"], row["layer"], row["positions"])]
+        for name in METRICS:
+            np.testing.assert_allclose(actual[name], row[name], rtol=1e-4, atol=1e-4,
+                                       err_msg=f"{name} {row['pair_id']} {row['positions']}")
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("site", ["resid", "attn", "mlp", "thought"])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_llama_rows_equal_hook_reference(tmp_path, llama, mode, site, direction):
+    """Every metric of every row equals one hooked recurrent forward per patch (Llama)."""
+    patch = dict(THOUGHT_MODES[mode] if site == "thought" else MODES[mode])
+    patch.update(mode=mode, site=site, direction=direction)
+    if site != "thought":
+        patch["layers"] = [0, 3]
+    recipe = write_recipe(tmp_path, patch=patch, data={"limit": 3}, run={"batch_size": 5})
+    results = run_recipe(recipe)
+    assert_matches_reference(results, llama, site, direction, tiny_arithmetic()[:3])
+
+
+@pytest.mark.parametrize(("mode", "site", "direction"), [
+    ("single", "resid", "denoise"), ("chained", "attn", "noise"),
+    ("layer", "mlp", "denoise"), ("sets", "thought", "noise"),
+])
+def test_gpt2_rows_equal_hook_reference(tmp_path, gpt2, mode, site, direction):
+    """The GPT-2 family goes through the same cells as Llama."""
+    patch = dict(THOUGHT_MODES[mode] if site == "thought" else MODES[mode])
+    patch.update(mode=mode, site=site, direction=direction)
+    recipe = write_recipe(tmp_path, model={"preset": "tiny-random-codi-gpt2"}, patch=patch,
+                          run={"batch_size": 7})
+    results = run_recipe(recipe)
+    assert_matches_reference(results, gpt2, site, direction, tiny_arithmetic()[:3])
+
+
+def test_batches_mix_pairs_of_different_lengths(llama):
+    """The reference comparison covers left padding: the pairs' questions differ in length."""
+    lengths = {len(llama.question_ids(p.corrupted_question)) for p in tiny_arithmetic()[:3]}
+    assert len(lengths) > 1
+
+
+def test_batched_equals_one_by_one(tmp_path):
+    """Batch size changes nothing: 64 rows per trace equals one row per trace."""
+    recipe = write_recipe(tmp_path, patch={"mode": "single", "positions": [0, "eot"]})
+    one = run_recipe(recipe, ["run.batch_size=1"])
+    many = run_recipe(recipe, ["run.batch_size=64"])
+    for name in METRICS:
+        np.testing.assert_allclose(one[name], many[name], rtol=1e-4, atol=1e-4)
+
+
+def test_patching_own_activations_changes_nothing(tmp_path):
+    """Donor and receiver share a question: every patched row equals the receiver's baseline."""
+    rows = [{"id": f"same-{i}", "clean_question": p.clean_question, "clean_answer": p.clean_answer,
+             "corrupted_question": p.clean_question, "corrupted_answer": p.corrupted_answer}
+            for i, p in enumerate(tiny_arithmetic()[:3])]
+    pairs = write_pairs(tmp_path / "same.jsonl", rows)
+    recipe = write_recipe(tmp_path, data={"pairs": str(pairs)},
+                          patch={"mode": "layer", "positions": ["bot", 0, 1, 2, 3, 4, 5, "eot"]})
+    results = run_recipe(recipe)
+    np.testing.assert_allclose(results["kl_from_corrupt"], 0, atol=1e-6)
+    np.testing.assert_allclose(results["l2"], 0, atol=1e-4)
+    assert results["top1_changed"].sum() == 0
+
+
+def test_chained_last_equals_layer(tmp_path):
+    """`chained` at k = K-1 patches the same cells as `layer`, so the rows are equal."""
+    chained = run_recipe(write_recipe(tmp_path, name="c", patch={"mode": "chained"}))
+    layer = run_recipe(write_recipe(tmp_path, name="l", patch={"mode": "layer"}))
+    last = chained.filter(pl.col("positions").list.len() == 6)
+    for name in METRICS:
+        np.testing.assert_allclose(last[name], layer[name], rtol=1e-4, atol=1e-4)
+
+
+def test_chained_first_equals_single_position_zero(tmp_path):
+    """`chained` at k = 0 is `single` at thought 0."""
+    chained = run_recipe(write_recipe(tmp_path, name="c", patch={"mode": "chained"}))
+    single = run_recipe(write_recipe(tmp_path, name="s", patch={"mode": "single",
+                                                                "positions": [0]}))
+    first = chained.filter(pl.col("positions").list.len() == 1)
+    for name in METRICS:
+        np.testing.assert_allclose(first[name], single[name], rtol=1e-4, atol=1e-4)
+
+
+def test_activations_before_the_patched_step_are_untouched():
+    """Patching layer 2 at thought 3 leaves every earlier call and lower layer as it was."""
+    from nnpatch.engine import Engine
+
+    model = tiny_random_codi("llama")
+    pairs = tiny_arithmetic()[:2]
+    engine = Engine(model, "resid", "denoise", list(METRICS))
+    answers = engine.answers(pairs)
+    base = engine.baselines(pairs, answers, [(2, "3")], chunk=2)
+    layers = model.module.lm.model.layers
+
+    def record(rows):
+        seen: dict[int, list] = {i: [] for i in range(len(layers))}
+        hooks = [layer.register_forward_hook(
+            lambda m, a, o, i=i: seen[i].append(o.detach().clone())) for i, layer in
+            enumerate(layers)]
+        try:
+            engine.patch(pairs, answers, base, rows, batch_size=8)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return seen
+
+    patched = record([(PatchSpec(2, ("3",)), 1)])
+    plain = record([(PatchSpec(2, ()), 1)])
+    patched_call = 4  # thought 3 is the 5th call of each layer
+    for layer in range(len(layers)):
+        for call in range(patched_call):
+            torch.testing.assert_close(patched[layer][call], plain[layer][call], rtol=0, atol=0)
+    for layer in (0, 1):
+        torch.testing.assert_close(patched[layer][patched_call], plain[layer][patched_call],
+                                   rtol=0, atol=0)
+    assert not torch.equal(patched[3][patched_call], plain[3][patched_call])
+    assert not torch.equal(patched[0][patched_call + 1], plain[0][patched_call + 1])

@@ -17,8 +17,9 @@ Example:
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"],
-                               "auto_envvar_prefix": "NNPATCH"})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "NNPATCH"}
+)
 @click.version_option(__version__, prog_name="nnpatch")
 def main() -> None:
     """Activation patching for continuous-thought models (CODI, Coconut), from TOML recipes."""
@@ -26,8 +27,13 @@ def main() -> None:
 
 @main.command(help=RUN_HELP)
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe field, e.g. --set patch.site=attn (value parsed as TOML).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe field, e.g. --set patch.site=attn (value parsed as TOML).",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N pairs.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (run.output).")
 def run(recipe: str, overrides: tuple[str, ...], limit: int | None, out: str | None) -> None:
@@ -37,25 +43,35 @@ def run(recipe: str, overrides: tuple[str, ...], limit: int | None, out: str | N
     with _errors():
         prep = prepare(recipe, list(overrides), limit, out)
         rows = len(prep.plan) * len(prep.pairs)
-        click.echo(f"{prep.model.name}: {len(prep.pairs)} pairs × {len(prep.plan)} patches "
-                   f"= {rows} rows, batch {prep.recipe.run.batch_size}", err=True)
+        click.echo(
+            f"{prep.model.name}: {len(prep.pairs)} pairs × {len(prep.plan)} patches "
+            f"= {rows} rows, batch {prep.recipe.run.batch_size}",
+            err=True,
+        )
         finished = execute(prep, progress=_progress)
         click.echo(render_summary(prep, finished))
 
 
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe field before validating.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe field before validating.",
+)
 def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     """Check a RECIPE (schema, model, pairs, patch plan) without running it."""
     from nnpatch.runner import prepare
 
     with _errors():
         prep = prepare(recipe, list(overrides))
-        click.echo(f"{recipe}: ok ({prep.model.name}, {len(prep.pairs)} pairs, "
-                   f"{len(prep.plan)} patches per pair, mode {prep.recipe.patch.mode}, "
-                   f"site {prep.recipe.patch.site})")
+        click.echo(
+            f"{recipe}: ok ({prep.model.name}, {len(prep.pairs)} pairs, "
+            f"{len(prep.plan)} patches per pair, mode {prep.recipe.patch.mode}, "
+            f"site {prep.recipe.patch.site})"
+        )
 
 
 def _progress(total: int):
@@ -67,6 +83,7 @@ def _progress(total: int):
         bar.update(n)
         if bar.n >= total:
             bar.close()
+
     return tick
 
 

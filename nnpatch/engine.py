@@ -70,27 +70,41 @@ class Engine:
             b = self.model.answer_ids(pair.corrupted_answer)
             index = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
             if index is None:
-                raise PairsError(f"pair {pair.id!r}: answers {pair.clean_answer!r} and "
-                                 f"{pair.corrupted_answer!r} give the same tokens; "
-                                 "use answers that differ")
+                raise PairsError(
+                    f"pair {pair.id!r}: answers {pair.clean_answer!r} and "
+                    f"{pair.corrupted_answer!r} give the same tokens; "
+                    "use answers that differ"
+                )
             clean.append(a)
             corrupt.append(b)
             diff.append(index)
         return PairAnswers(clean, corrupt, diff)
 
-    def _encode(self, questions: list[str], answers: PairAnswers,
-                index: list[int]) -> tuple[Encoded, M.AnswerTargets]:
+    def _encode(
+        self, questions: list[str], answers: PairAnswers, index: list[int]
+    ) -> tuple[Encoded, M.AnswerTargets]:
         """Encode receiver questions with their pairs' answers; the targets metrics read."""
-        encoded = self.model.encode(questions, [answers.clean[i] for i in index],
-                                    [answers.corrupt[i] for i in index])
+        encoded = self.model.encode(
+            questions, [answers.clean[i] for i in index], [answers.corrupt[i] for i in index]
+        )
         diff = torch.tensor([answers.diff_index[i] for i in index], device=self.model.device)
-        targets = M.AnswerTargets(encoded.clean_answer, encoded.clean_mask,
-                                  encoded.corrupt_answer, encoded.corrupt_mask, diff)
+        targets = M.AnswerTargets(
+            encoded.clean_answer,
+            encoded.clean_mask,
+            encoded.corrupt_answer,
+            encoded.corrupt_mask,
+            diff,
+        )
         return encoded, targets
 
     # ---- pass 1: baselines and donor activations ----------------------------------------
-    def baselines(self, pairs: list[Pair], answers: PairAnswers, cells: list[tuple[int | None, str]],
-                  chunk: int) -> Baselines:
+    def baselines(
+        self,
+        pairs: list[Pair],
+        answers: PairAnswers,
+        cells: list[tuple[int | None, str]],
+        chunk: int,
+    ) -> Baselines:
         parts: list[dict] = []
         for start in range(0, len(pairs), chunk):
             index = list(range(start, min(start + chunk, len(pairs))))
@@ -99,20 +113,40 @@ class Engine:
         donor = {cell: torch.cat([p["donor"][cell] for p in parts]) for cell in cells}
         clean_logits, corrupt_logits = scores["clean_logits"], scores["corrupt_logits"]
         receiver = corrupt_logits if self.direction == "denoise" else clean_logits
-        refs = M.References(clean_logits, corrupt_logits, receiver.argmax(-1),
-                            scores["clean_ld"], scores["corrupt_ld"])
-        clean = M.Scores(clean_logits, scores["clean_ld"], scores["clean_lp_clean"],
-                         scores["clean_lp_corrupt"])
-        corrupt = M.Scores(corrupt_logits, scores["corrupt_ld"], scores["corrupt_lp_clean"],
-                           scores["corrupt_lp_corrupt"])
-        return Baselines(refs, M.compute(self.metric_names, clean, refs),
-                         M.compute(self.metric_names, corrupt, refs), donor)
+        refs = M.References(
+            clean_logits,
+            corrupt_logits,
+            receiver.argmax(-1),
+            scores["clean_ld"],
+            scores["corrupt_ld"],
+        )
+        clean = M.Scores(
+            clean_logits, scores["clean_ld"], scores["clean_lp_clean"], scores["clean_lp_corrupt"]
+        )
+        corrupt = M.Scores(
+            corrupt_logits,
+            scores["corrupt_ld"],
+            scores["corrupt_lp_clean"],
+            scores["corrupt_lp_corrupt"],
+        )
+        return Baselines(
+            refs,
+            M.compute(self.metric_names, clean, refs),
+            M.compute(self.metric_names, corrupt, refs),
+            donor,
+        )
 
-    def _baseline_chunk(self, pairs: list[Pair], answers: PairAnswers, index: list[int],
-                        cells: list[tuple[int | None, str]]) -> dict:
+    def _baseline_chunk(
+        self,
+        pairs: list[Pair],
+        answers: PairAnswers,
+        index: list[int],
+        cells: list[tuple[int | None, str]],
+    ) -> dict:
         n = len(index)
-        questions = [pairs[i].clean_question for i in index] + \
-                    [pairs[i].corrupted_question for i in index]
+        questions = [pairs[i].clean_question for i in index] + [
+            pairs[i].corrupted_question for i in index
+        ]
         encoded, targets = self._encode(questions, answers, index + index)
         donor_rows = slice(0, n) if self.direction == "denoise" else slice(n, 2 * n)
         located = {cell: self.model.cell(self.site, *cell) for cell in cells}
@@ -130,9 +164,12 @@ class Engine:
             result = tracer.result
             s = M.score(result[0], result[1], targets)
             scores = {
-                "clean_logits": s.logits[:n], "corrupt_logits": s.logits[n:],
-                "clean_ld": s.logit_diff[:n], "corrupt_ld": s.logit_diff[n:],
-                "clean_lp_clean": s.logprob_clean[:n], "clean_lp_corrupt": s.logprob_corrupt[:n],
+                "clean_logits": s.logits[:n],
+                "corrupt_logits": s.logits[n:],
+                "clean_ld": s.logit_diff[:n],
+                "corrupt_ld": s.logit_diff[n:],
+                "clean_lp_clean": s.logprob_clean[:n],
+                "clean_lp_corrupt": s.logprob_corrupt[:n],
                 "corrupt_lp_clean": s.logprob_clean[n:],
                 "corrupt_lp_corrupt": s.logprob_corrupt[n:],
             }
@@ -140,9 +177,15 @@ class Engine:
         return recorded
 
     # ---- pass 2: patched rows ------------------------------------------------------------
-    def patch(self, pairs: list[Pair], answers: PairAnswers, baselines: Baselines,
-              rows: list[tuple[PatchSpec, int]], batch_size: int,
-              progress: Callable[[int], None] = lambda n: None) -> torch.Tensor:
+    def patch(
+        self,
+        pairs: list[Pair],
+        answers: PairAnswers,
+        baselines: Baselines,
+        rows: list[tuple[PatchSpec, int]],
+        batch_size: int,
+        progress: Callable[[int], None] = lambda n: None,
+    ) -> torch.Tensor:
         """Metrics [len(rows), metrics] for (spec, pair index) rows, batch by batch."""
         out = []
         for batch in _batches(rows, batch_size):
@@ -150,8 +193,13 @@ class Engine:
             progress(len(batch))
         return torch.cat(out)
 
-    def _patch_batch(self, pairs: list[Pair], answers: PairAnswers, baselines: Baselines,
-                     batch: list[tuple[PatchSpec, int]]) -> torch.Tensor:
+    def _patch_batch(
+        self,
+        pairs: list[Pair],
+        answers: PairAnswers,
+        baselines: Baselines,
+        batch: list[tuple[PatchSpec, int]],
+    ) -> torch.Tensor:
         index = [pair for _, pair in batch]
         side = "corrupted_question" if self.direction == "denoise" else "clean_question"
         encoded, targets = self._encode([getattr(pairs[i], side) for i in index], answers, index)
@@ -168,7 +216,9 @@ class Engine:
             values = nnsight.save(M.compute(names, M.score(result[0], result[1], targets), refs))
         return values
 
-    def _edits(self, batch: list[tuple[PatchSpec, int]], baselines: Baselines) -> dict[int, list[Edit]]:
+    def _edits(
+        self, batch: list[tuple[PatchSpec, int]], baselines: Baselines
+    ) -> dict[int, list[Edit]]:
         """Group the batch's writes by module call, in the order the forward visits them."""
         rows_by_cell: dict[tuple[int | None, str], list[tuple[int, int]]] = defaultdict(list)
         for row, (spec, pair) in enumerate(batch):
@@ -199,9 +249,18 @@ def _envoy(root: NNsight, path: str):
 
 
 def _select(refs: M.References, index: torch.Tensor) -> M.References:
-    return M.References(*(t.index_select(0, index) for t in (
-        refs.clean_logits, refs.corrupt_logits, refs.receiver_top1,
-        refs.clean_logit_diff, refs.corrupt_logit_diff)))
+    return M.References(
+        *(
+            t.index_select(0, index)
+            for t in (
+                refs.clean_logits,
+                refs.corrupt_logits,
+                refs.receiver_top1,
+                refs.clean_logit_diff,
+                refs.corrupt_logit_diff,
+            )
+        )
+    )
 
 
 def _batches(items: list, size: int) -> Iterator[list]:

@@ -77,8 +77,9 @@ Metric = Callable[[Scores, References], torch.Tensor]
 
 METRICS: dict[str, Metric] = {
     "logit_diff": lambda s, r: s.logit_diff,
-    "recovery": lambda s, r: (s.logit_diff - r.corrupt_logit_diff)
-    / (r.clean_logit_diff - r.corrupt_logit_diff),
+    "recovery": lambda s, r: (
+        (s.logit_diff - r.corrupt_logit_diff) / (r.clean_logit_diff - r.corrupt_logit_diff)
+    ),
     "logprob_diff": lambda s, r: s.logprob_clean - s.logprob_corrupt,
     "kl_to_clean": lambda s, r: _kl(r.clean_logits, s.logits),
     "kl_from_corrupt": lambda s, r: _kl(s.logits, r.corrupt_logits),

@@ -20,7 +20,9 @@ class PatchSpec:
     positions: tuple[str, ...]  # labels in sequence order: "bot", "0".."K-1", "eot"
 
 
-def build_plan(recipe: Recipe, model: ThoughtModel, source: str | Path = "<recipe>") -> list[PatchSpec]:
+def build_plan(
+    recipe: Recipe, model: ThoughtModel, source: str | Path = "<recipe>"
+) -> list[PatchSpec]:
     """Every row of the sweep, in a stable order (layer-major, then positions)."""
     patch = recipe.patch
     layers = _layers(recipe, model, source)
@@ -30,9 +32,12 @@ def build_plan(recipe: Recipe, model: ThoughtModel, source: str | Path = "<recip
         thought_only = [p for p in order if p.isdigit()]
         wrong = [p for p in selected if p not in thought_only]
         if wrong:
-            raise RecipeError(source, "patch.positions",
-                              f"site 'thought' has only thought positions, not {wrong[0]!r}",
-                              "drop bot/eot or use site 'resid'")
+            raise RecipeError(
+                source,
+                "patch.positions",
+                f"site 'thought' has only thought positions, not {wrong[0]!r}",
+                "drop bot/eot or use site 'resid'",
+            )
     if patch.mode == "single":
         groups = [(p,) for p in selected]
     elif patch.mode == "layer":
@@ -44,8 +49,12 @@ def build_plan(recipe: Recipe, model: ThoughtModel, source: str | Path = "<recip
         for index, group in enumerate(patch.sets):
             labels = _positions(group, model, source, f"patch.sets.{index}")
             if patch.site == "thought" and not all(p.isdigit() for p in labels):
-                raise RecipeError(source, f"patch.sets.{index}",
-                                  "site 'thought' has only thought positions", "drop bot/eot")
+                raise RecipeError(
+                    source,
+                    f"patch.sets.{index}",
+                    "site 'thought' has only thought positions",
+                    "drop bot/eot",
+                )
             groups.append(tuple(labels))
     return [PatchSpec(layer, group) for layer in layers for group in groups]
 
@@ -54,17 +63,24 @@ def _layers(recipe: Recipe, model: ThoughtModel, source: str | Path) -> list[int
     layers = recipe.patch.layers
     if recipe.patch.site == "thought":
         if layers != "all":
-            raise RecipeError(source, "patch.layers", "site 'thought' is the thought input "
-                              "embedding and has no layers", "remove patch.layers")
+            raise RecipeError(
+                source,
+                "patch.layers",
+                "site 'thought' is the thought input embedding and has no layers",
+                "remove patch.layers",
+            )
         return [None]
     if layers == "all":
         return list(range(model.num_layers))
     top = model.num_layers - 1
     for layer in layers:
         if layer > top:
-            raise RecipeError(source, "patch.layers",
-                              f"layer {layer} is out of range for {model.name} (layers 0..{top})",
-                              "use layers in range or 'all'")
+            raise RecipeError(
+                source,
+                "patch.layers",
+                f"layer {layer} is out of range for {model.name} (layers 0..{top})",
+                "use layers in range or 'all'",
+            )
     if len(set(layers)) != len(layers):
         raise RecipeError(source, "patch.layers", "a layer is listed twice", "list each once")
     return list(layers)
@@ -79,9 +95,12 @@ def _positions(positions: object, model: ThoughtModel, source: str | Path, field
     labels = []
     for position in positions:  # type: ignore[attr-defined]
         if isinstance(position, int) and not 0 <= position <= top:
-            raise RecipeError(source, field,
-                              f"thought position {position} is out of range for {model.name} "
-                              f"(thoughts 0..{top})", "use 0..K-1, 'bot' or 'eot'")
+            raise RecipeError(
+                source,
+                field,
+                f"thought position {position} is out of range for {model.name} (thoughts 0..{top})",
+                "use 0..K-1, 'bot' or 'eot'",
+            )
         labels.append(str(position))
     if len(set(labels)) != len(labels):
         raise RecipeError(source, field, "a position is listed twice", "list each once")

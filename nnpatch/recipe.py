@@ -78,9 +78,8 @@ class SetsPatch(PatchCommon):
         return sets
 
 
-Patch = Annotated[
-    SinglePatch | LayerPatch | ChainedPatch | SetsPatch, Field(discriminator="mode")
-]
+MODES = ("single", "layer", "chained", "sets")
+Patch = Annotated[SinglePatch | LayerPatch | ChainedPatch | SetsPatch, Field(discriminator="mode")]
 
 
 class MetricsSection(Strict):
@@ -133,7 +132,7 @@ def validate_recipe(raw: dict[str, Any], path: str | Path = "<recipe>") -> Recip
         return Recipe.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"] if not _is_union_tag(p)) or "(top)"
+        field = _dotted(first["loc"]) or "(top)"
         problem = first["msg"]
         if first["type"] == "extra_forbidden":
             problem = "unknown key"
@@ -145,10 +144,16 @@ def validate_recipe(raw: dict[str, Any], path: str | Path = "<recipe>") -> Recip
         raise RecipeError(path, field, problem, fix) from None
 
 
-def _is_union_tag(part: object) -> bool:
-    """Pydantic puts union branch names (`single`, `list[...]`) into error locations."""
-    return isinstance(part, str) and (part in ("single", "layer", "chained", "sets")
-                                      or "[" in part or part in ("int", "str"))
+def _dotted(loc: tuple) -> str:
+    """A pydantic error location as a recipe field, without union branch tags.
+
+    Pydantic puts the chosen branch into locations: the patch mode after `patch`
+    (`patch.sets.positions`) and type names for plain unions (`list[int]`, `int`).
+    """
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] == "patch" and parts[1] in MODES:
+        del parts[1]
+    return ".".join(p for p in parts if "[" not in p and p not in ("int", "str"))
 
 
 def apply_override(raw: dict[str, Any], item: str, path: str | Path) -> None:

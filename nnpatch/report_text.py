@@ -20,16 +20,28 @@ def render_summary(prep, finished) -> str:
         "baselines (mean over pairs):",
     ]
     for name in [n for n in ("logit_diff", "logprob_diff") if n in names] or names[:1]:
-        lines.append(f"  {name:<14} clean {base[f'clean_{name}'].mean():+9.4f}   "
-                     f"corrupted {base[f'corrupted_{name}'].mean():+9.4f}")
-    lines.append(f"  clean top-1 correct {base['clean_top1_is_clean_answer'].mean():.0%}   "
-                 f"corrupted top-1 correct {base['corrupted_top1_is_corrupted_answer'].mean():.0%}")
-    top = (finished.summary.filter(pl.col("metric") == lead)
-           .sort("mean", descending=True, nulls_last=True).head(TOP))
-    lines.append(f"top cells by mean {lead} ({recipe.patch.mode}, {recipe.patch.site}, "
-                 f"{recipe.patch.direction}):")
+        lines.append(
+            f"  {name:<14} clean {base[f'clean_{name}'].mean():+9.4f}   "
+            f"corrupted {base[f'corrupted_{name}'].mean():+9.4f}"
+        )
+    lines.append(
+        f"  clean top-1 correct {base['clean_top1_is_clean_answer'].mean():.0%}   "
+        f"corrupted top-1 correct {base['corrupted_top1_is_corrupted_answer'].mean():.0%}"
+    )
+    top = (
+        finished.summary.filter(pl.col("metric") == lead)
+        .sort("mean", descending=True, nulls_last=True)
+        .head(TOP)
+    )
+    lines.append(
+        f"top cells by mean {lead} ({recipe.patch.mode}, {recipe.patch.site}, "
+        f"{recipe.patch.direction}):"
+    )
     for row in top.iter_rows(named=True):
-        ci = ("" if row["sem"] is None
-              else f"  95% CI [{row['ci95_low']:+.3f}, {row['ci95_high']:+.3f}]")
+        ci = (
+            ""
+            if row["sem"] is None
+            else f"  95% CI [{row['ci95_low']:+.3f}, {row['ci95_high']:+.3f}]"
+        )
         lines.append(f"  {cell_label(row):<16} {row['mean']:+.3f}{ci}  n={row['n']}")
     return "\n".join(lines)

@@ -12,8 +12,15 @@ Z95 = 1.959963984540054  # normal quantile for a two-sided 95% interval
 CELL_KEYS = ["mode", "site", "direction", "layer", "position", "positions"]
 
 
-def results_table(rows: list[tuple[PatchSpec, int]], pairs: list[Pair], values: torch.Tensor,
-                  names: list[str], mode: str, site: str, direction: str) -> pl.DataFrame:
+def results_table(
+    rows: list[tuple[PatchSpec, int]],
+    pairs: list[Pair],
+    values: torch.Tensor,
+    names: list[str],
+    mode: str,
+    site: str,
+    direction: str,
+) -> pl.DataFrame:
     """One row per (pair, patch): cell columns, then one column per metric."""
     columns = {
         "pair_id": [pairs[p].id for _, p in rows],
@@ -24,20 +31,34 @@ def results_table(rows: list[tuple[PatchSpec, int]], pairs: list[Pair], values: 
         "position": [spec.positions[0] if mode == "single" else None for spec, _ in rows],
         "positions": [list(spec.positions) for spec, _ in rows],
     }
-    schema = {"pair_id": pl.String, "mode": pl.String, "site": pl.String,
-              "direction": pl.String, "layer": pl.Int64, "position": pl.String,
-              "positions": pl.List(pl.String)}
+    schema = {
+        "pair_id": pl.String,
+        "mode": pl.String,
+        "site": pl.String,
+        "direction": pl.String,
+        "layer": pl.Int64,
+        "position": pl.String,
+        "positions": pl.List(pl.String),
+    }
     frame = pl.DataFrame(columns, schema=schema)
     metrics = pl.DataFrame(values.double().numpy(), schema=names, orient="row")
     return pl.concat([frame, metrics], how="horizontal")
 
 
-def baselines_table(pairs: list[Pair], clean: torch.Tensor, corrupt: torch.Tensor,
-                    names: list[str], extra: dict[str, list]) -> pl.DataFrame:
+def baselines_table(
+    pairs: list[Pair],
+    clean: torch.Tensor,
+    corrupt: torch.Tensor,
+    names: list[str],
+    extra: dict[str, list],
+) -> pl.DataFrame:
     """One row per pair: the unpatched clean and corrupted runs scored by every metric."""
-    table = {"pair_id": [p.id for p in pairs],
-             "clean_answer": [p.clean_answer for p in pairs],
-             "corrupted_answer": [p.corrupted_answer for p in pairs], **extra}
+    table = {
+        "pair_id": [p.id for p in pairs],
+        "clean_answer": [p.clean_answer for p in pairs],
+        "corrupted_answer": [p.corrupted_answer for p in pairs],
+        **extra,
+    }
     for j, name in enumerate(names):
         table[f"clean_{name}"] = clean[:, j].double().tolist()
         table[f"corrupted_{name}"] = corrupt[:, j].double().tolist()
@@ -47,7 +68,8 @@ def baselines_table(pairs: list[Pair], clean: torch.Tensor, corrupt: torch.Tenso
 def summarize(results: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """Per cell and metric: n, mean, sem and a normal-approximation 95% CI over pairs."""
     long = results.with_columns(pl.col("positions").list.join(",").alias("_key")).unpivot(
-        index=[*CELL_KEYS, "_key", "pair_id"], on=names, variable_name="metric")
+        index=[*CELL_KEYS, "_key", "pair_id"], on=names, variable_name="metric"
+    )
     keys = ["mode", "site", "direction", "layer", "position", "_key", "metric"]
     summary = (
         long.group_by(keys, maintain_order=True)

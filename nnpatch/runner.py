@@ -49,8 +49,12 @@ class Finished:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def prepare(path: str | Path, overrides: list[str] = (), limit: int | None = None,
-            output: str | Path | None = None) -> Prepared:
+def prepare(
+    path: str | Path,
+    overrides: list[str] = (),
+    limit: int | None = None,
+    output: str | Path | None = None,
+) -> Prepared:
     """Load and check everything a run needs; raises NnpatchError on any bad input."""
     source = Path(path)
     overrides = list(overrides)
@@ -72,8 +76,9 @@ def prepare(path: str | Path, overrides: list[str] = (), limit: int | None = Non
     return Prepared(recipe, source, overrides, model, pairs, len(all_pairs), plan, engine, answers)
 
 
-def execute(prep: Prepared, progress: Callable[[int], Callable[[int], None]] | None = None
-            ) -> Finished:
+def execute(
+    prep: Prepared, progress: Callable[[int], Callable[[int], None]] | None = None
+) -> Finished:
     """Run the sweep and write the run folder; the manifest says how it ended."""
     recipe = prep.recipe
     path = rundir.new_run_dir(Path(recipe.run.output), recipe.name)
@@ -85,8 +90,11 @@ def execute(prep: Prepared, progress: Callable[[int], Callable[[int], None]] | N
     try:
         finished = _sweep(prep, path, progress)
     except BaseException as err:
-        manifest.update(status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
-                        error=f"{type(err).__name__}: {err}", ended=rundir.now())
+        manifest.update(
+            status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+            error=f"{type(err).__name__}: {err}",
+            ended=rundir.now(),
+        )
         rundir.write_json(path / "manifest.json", manifest)
         raise
     total = time.perf_counter() - started
@@ -100,8 +108,10 @@ def execute(prep: Prepared, progress: Callable[[int], Callable[[int], None]] | N
 def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     recipe, engine, pairs = prep.recipe, prep.engine, prep.pairs
     names = recipe.metrics.names
-    cells = sorted({(s.layer, p) for s in prep.plan for p in s.positions},
-                   key=lambda c: (-1 if c[0] is None else c[0], c[1]))
+    cells = sorted(
+        {(s.layer, p) for s in prep.plan for p in s.positions},
+        key=lambda c: (-1 if c[0] is None else c[0], c[1]),
+    )
     clock = time.perf_counter()
     base = engine.baselines(pairs, prep.answers, cells, max(1, recipe.run.batch_size // 2))
     baseline_s = time.perf_counter() - clock
@@ -112,15 +122,21 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     patch_s = time.perf_counter() - clock
     patch = recipe.patch
     results = results_table(rows, pairs, values, names, patch.mode, patch.site, patch.direction)
-    baselines = baselines_table(pairs, base.clean_metrics.cpu(), base.corrupt_metrics.cpu(),
-                                names, _answer_columns(prep, base))
+    baselines = baselines_table(
+        pairs,
+        base.clean_metrics.cpu(),
+        base.corrupt_metrics.cpu(),
+        names,
+        _answer_columns(prep, base),
+    )
     summary = summarize(results, names)
     rundir.write_table(path / "results.parquet", results)
     rundir.write_table(path / "baselines.parquet", baselines)
     rundir.write_table(path / "summary.parquet", summary)
     rundir.write_table(path / "summary.csv", summary)
-    return Finished(path, results, baselines, summary,
-                    {"baselines_s": baseline_s, "patch_s": patch_s})
+    return Finished(
+        path, results, baselines, summary, {"baselines_s": baseline_s, "patch_s": patch_s}
+    )
 
 
 def _answer_columns(prep: Prepared, base) -> dict[str, list]:
@@ -131,10 +147,12 @@ def _answer_columns(prep: Prepared, base) -> dict[str, list]:
     refs = base.references
     return {
         "diff_index": answers.diff_index,
-        "clean_top1_is_clean_answer": (refs.clean_logits.argmax(-1).cpu()
-                                       == torch.tensor(clean_tok)).tolist(),
-        "corrupted_top1_is_corrupted_answer": (refs.corrupt_logits.argmax(-1).cpu()
-                                               == torch.tensor(corrupt_tok)).tolist(),
+        "clean_top1_is_clean_answer": (
+            refs.clean_logits.argmax(-1).cpu() == torch.tensor(clean_tok)
+        ).tolist(),
+        "corrupted_top1_is_corrupted_answer": (
+            refs.corrupt_logits.argmax(-1).cpu() == torch.tensor(corrupt_tok)
+        ).tolist(),
     }
 
 
@@ -143,9 +161,13 @@ def resolved(prep: Prepared) -> dict:
     return {
         **prep.recipe.model_dump(mode="json"),
         "resolved": {
-            "model": {"name": model.name, "num_layers": model.num_layers,
-                      "num_thoughts": model.num_thoughts, "dtype": str(model.dtype),
-                      "device": str(model.device)},
+            "model": {
+                "name": model.name,
+                "num_layers": model.num_layers,
+                "num_thoughts": model.num_thoughts,
+                "dtype": str(model.dtype),
+                "device": str(model.device),
+            },
             "layers": sorted({s.layer for s in prep.plan}, key=lambda x: -1 if x is None else x),
             "patch_rows": [{"layer": s.layer, "positions": list(s.positions)} for s in prep.plan],
             "pairs": [p.id for p in prep.pairs],
@@ -165,17 +187,29 @@ def base_manifest(prep: Prepared) -> dict:
         "started": rundir.now(),
         "nnpatch_version": nnpatch.__version__,
         "git_hash": rundir.git_hash(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "nnsight": nnsight.__version__,
-                     "polars": pl.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "nnsight": nnsight.__version__,
+            "polars": pl.__version__,
+        },
         "recipe_file": str(prep.source.resolve()),
         "overrides": prep.overrides,
-        "model": {"name": model.name, "revision": None, "dtype": str(model.dtype),
-                  "device": str(model.device), "num_layers": model.num_layers,
-                  "num_thoughts": model.num_thoughts,
-                  "parameters": sum(p.numel() for p in model.module.parameters())},
+        "model": {
+            "name": model.name,
+            "revision": None,
+            "dtype": str(model.dtype),
+            "device": str(model.device),
+            "num_layers": model.num_layers,
+            "num_thoughts": model.num_thoughts,
+            "parameters": sum(p.numel() for p in model.module.parameters()),
+        },
         "seed": prep.recipe.run.seed,
-        "pairs": {"source": prep.recipe.data.pairs, "read": prep.pairs_read,
-                  "kept": len(prep.pairs)},
+        "pairs": {
+            "source": prep.recipe.data.pairs,
+            "read": prep.pairs_read,
+            "kept": len(prep.pairs),
+        },
         "patches_per_pair": len(prep.plan),
     }

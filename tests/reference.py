@@ -37,8 +37,13 @@ def call_and_token(site: str, position: str, num_thoughts: int) -> tuple[int, in
     return int(position) + 1, 0
 
 
-def run_one(model: ThoughtModel, question: str, clean: list[int], corrupt: list[int],
-            hooks: list[tuple[torch.nn.Module, object]] = ()) -> tuple[np.ndarray, np.ndarray]:
+def run_one(
+    model: ThoughtModel,
+    question: str,
+    clean: list[int],
+    corrupt: list[int],
+    hooks: list[tuple[torch.nn.Module, object]] = (),
+) -> tuple[np.ndarray, np.ndarray]:
     """One unpadded recurrent forward with the given hooks; answer logits as float64."""
     ids = torch.tensor([model.question_ids(question)])
     prefix = torch.tensor(model.tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids)
@@ -46,7 +51,8 @@ def run_one(model: ThoughtModel, question: str, clean: list[int], corrupt: list[
     try:
         with torch.no_grad():
             logits_clean, logits_corrupt = model.module(
-                ids, torch.ones_like(ids), prefix, torch.tensor([clean]), torch.tensor([corrupt]))
+                ids, torch.ones_like(ids), prefix, torch.tensor([clean]), torch.tensor([corrupt])
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -57,6 +63,7 @@ def recorder(store: list):
     def hook(module, args, output):
         value = output[0] if isinstance(output, tuple) else output
         store.append(value.detach().clone())
+
     return hook
 
 
@@ -77,6 +84,7 @@ def patcher(targets: dict[int, tuple[int, torch.Tensor]]):
         patched = output.clone()
         patched[:, token] = vector
         return patched
+
     return hook
 
 
@@ -119,9 +127,14 @@ def reference_rows(model: ThoughtModel, pairs, specs, site: str, direction: str)
     rows = []
     K = model.num_thoughts
     for pair in pairs:
-        clean, corrupt = answer_ids(model, pair.clean_answer), answer_ids(model, pair.corrupted_answer)
+        clean, corrupt = (
+            answer_ids(model, pair.clean_answer),
+            answer_ids(model, pair.corrupted_answer),
+        )
         donor_question = pair.clean_question if direction == "denoise" else pair.corrupted_question
-        receiver_question = pair.corrupted_question if direction == "denoise" else pair.clean_question
+        receiver_question = (
+            pair.corrupted_question if direction == "denoise" else pair.clean_question
+        )
         recorded: dict[tuple, list] = {}
         hooks = []
         for spec in specs:
@@ -130,18 +143,32 @@ def reference_rows(model: ThoughtModel, pairs, specs, site: str, direction: str)
                 recorded[key] = []
                 hooks.append((site_module(model, site, spec.layer), recorder(recorded[key])))
         run_one(model, donor_question, clean, corrupt, hooks)
-        clean_view = answer_view(*run_one(model, pair.clean_question, clean, corrupt), clean, corrupt)
-        corrupt_view = answer_view(*run_one(model, pair.corrupted_question, clean, corrupt),
-                                   clean, corrupt)
+        clean_view = answer_view(
+            *run_one(model, pair.clean_question, clean, corrupt), clean, corrupt
+        )
+        corrupt_view = answer_view(
+            *run_one(model, pair.corrupted_question, clean, corrupt), clean, corrupt
+        )
         receiver_view = corrupt_view if direction == "denoise" else clean_view
         for spec in specs:
             targets = {}
             for position in spec.positions:
                 call, token = call_and_token(site, position, K)
                 targets[call] = (token, recorded[(site, spec.layer)][call][:, token])
-            patched = run_one(model, receiver_question, clean, corrupt,
-                              [(site_module(model, site, spec.layer), patcher(targets))])
+            patched = run_one(
+                model,
+                receiver_question,
+                clean,
+                corrupt,
+                [(site_module(model, site, spec.layer), patcher(targets))],
+            )
             view = answer_view(*patched, clean, corrupt)
-            rows.append({"pair_id": pair.id, "layer": spec.layer, "positions": spec.positions,
-                         **metrics(view, clean_view, corrupt_view, receiver_view)})
+            rows.append(
+                {
+                    "pair_id": pair.id,
+                    "layer": spec.layer,
+                    "positions": spec.positions,
+                    **metrics(view, clean_view, corrupt_view, receiver_view),
+                }
+            )
     return rows

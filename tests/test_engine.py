@@ -28,19 +28,30 @@ THOUGHT_MODES = {
 }
 
 
-def assert_matches_reference(results: pl.DataFrame, model, site: str, direction: str,
-                             pairs) -> None:
-    specs = [PatchSpec(layer, tuple(positions)) for layer, positions in
-             results.select("layer", "positions").unique(maintain_order=True).iter_rows()]
+def assert_matches_reference(
+    results: pl.DataFrame, model, site: str, direction: str, pairs
+) -> None:
+    specs = [
+        PatchSpec(layer, tuple(positions))
+        for layer, positions in results.select("layer", "positions")
+        .unique(maintain_order=True)
+        .iter_rows()
+    ]
     expected = reference_rows(model, pairs, specs, site, direction)
     assert results.height == len(expected)
-    got = {(r["pair_id"], r["layer"], tuple(r["positions"])): r
-           for r in results.iter_rows(named=True)}
+    got = {
+        (r["pair_id"], r["layer"], tuple(r["positions"])): r for r in results.iter_rows(named=True)
+    }
     for row in expected:
         actual = got[(row["pair_id"], row["layer"], row["positions"])]
         for name in METRICS:
-            np.testing.assert_allclose(actual[name], row[name], rtol=1e-4, atol=1e-4,
-                                       err_msg=f"{name} {row['pair_id']} {row['positions']}")
+            np.testing.assert_allclose(
+                actual[name],
+                row[name],
+                rtol=1e-4,
+                atol=1e-4,
+                err_msg=f"{name} {row['pair_id']} {row['positions']}",
+            )
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
@@ -57,16 +68,22 @@ def test_llama_rows_equal_hook_reference(tmp_path, llama, mode, site, direction)
     assert_matches_reference(results, llama, site, direction, tiny_arithmetic()[:3])
 
 
-@pytest.mark.parametrize(("mode", "site", "direction"), [
-    ("single", "resid", "denoise"), ("chained", "attn", "noise"),
-    ("layer", "mlp", "denoise"), ("sets", "thought", "noise"),
-])
+@pytest.mark.parametrize(
+    ("mode", "site", "direction"),
+    [
+        ("single", "resid", "denoise"),
+        ("chained", "attn", "noise"),
+        ("layer", "mlp", "denoise"),
+        ("sets", "thought", "noise"),
+    ],
+)
 def test_gpt2_rows_equal_hook_reference(tmp_path, gpt2, mode, site, direction):
     """The GPT-2 family goes through the same cells as Llama."""
     patch = dict(THOUGHT_MODES[mode] if site == "thought" else MODES[mode])
     patch.update(mode=mode, site=site, direction=direction)
-    recipe = write_recipe(tmp_path, model={"preset": "tiny-random-codi-gpt2"}, patch=patch,
-                          run={"batch_size": 7})
+    recipe = write_recipe(
+        tmp_path, model={"preset": "tiny-random-codi-gpt2"}, patch=patch, run={"batch_size": 7}
+    )
     results = run_recipe(recipe)
     assert_matches_reference(results, gpt2, site, direction, tiny_arithmetic()[:3])
 
@@ -88,12 +105,22 @@ def test_batched_equals_one_by_one(tmp_path):
 
 def test_patching_own_activations_changes_nothing(tmp_path):
     """Donor and receiver share a question: every patched row equals the receiver's baseline."""
-    rows = [{"id": f"same-{i}", "clean_question": p.clean_question, "clean_answer": p.clean_answer,
-             "corrupted_question": p.clean_question, "corrupted_answer": p.corrupted_answer}
-            for i, p in enumerate(tiny_arithmetic()[:3])]
+    rows = [
+        {
+            "id": f"same-{i}",
+            "clean_question": p.clean_question,
+            "clean_answer": p.clean_answer,
+            "corrupted_question": p.clean_question,
+            "corrupted_answer": p.corrupted_answer,
+        }
+        for i, p in enumerate(tiny_arithmetic()[:3])
+    ]
     pairs = write_pairs(tmp_path / "same.jsonl", rows)
-    recipe = write_recipe(tmp_path, data={"pairs": str(pairs)},
-                          patch={"mode": "layer", "positions": ["bot", 0, 1, 2, 3, 4, 5, "eot"]})
+    recipe = write_recipe(
+        tmp_path,
+        data={"pairs": str(pairs)},
+        patch={"mode": "layer", "positions": ["bot", 0, 1, 2, 3, 4, 5, "eot"]},
+    )
     results = run_recipe(recipe)
     np.testing.assert_allclose(results["kl_from_corrupt"], 0, atol=1e-6)
     np.testing.assert_allclose(results["l2"], 0, atol=1e-4)
@@ -112,8 +139,9 @@ def test_chained_last_equals_layer(tmp_path):
 def test_chained_first_equals_single_position_zero(tmp_path):
     """`chained` at k = 0 is `single` at thought 0."""
     chained = run_recipe(write_recipe(tmp_path, name="c", patch={"mode": "chained"}))
-    single = run_recipe(write_recipe(tmp_path, name="s", patch={"mode": "single",
-                                                                "positions": [0]}))
+    single = run_recipe(
+        write_recipe(tmp_path, name="s", patch={"mode": "single", "positions": [0]})
+    )
     first = chained.filter(pl.col("positions").list.len() == 1)
     for name in METRICS:
         np.testing.assert_allclose(first[name], single[name], rtol=1e-4, atol=1e-4)
@@ -132,9 +160,10 @@ def test_activations_before_the_patched_step_are_untouched():
 
     def record(rows):
         seen: dict[int, list] = {i: [] for i in range(len(layers))}
-        hooks = [layer.register_forward_hook(
-            lambda m, a, o, i=i: seen[i].append(o.detach().clone())) for i, layer in
-            enumerate(layers)]
+        hooks = [
+            layer.register_forward_hook(lambda m, a, o, i=i: seen[i].append(o.detach().clone()))
+            for i, layer in enumerate(layers)
+        ]
         try:
             engine.patch(pairs, answers, base, rows, batch_size=8)
         finally:
@@ -149,7 +178,8 @@ def test_activations_before_the_patched_step_are_untouched():
         for call in range(patched_call):
             torch.testing.assert_close(patched[layer][call], plain[layer][call], rtol=0, atol=0)
     for layer in (0, 1):
-        torch.testing.assert_close(patched[layer][patched_call], plain[layer][patched_call],
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            patched[layer][patched_call], plain[layer][patched_call], rtol=0, atol=0
+        )
     assert not torch.equal(patched[3][patched_call], plain[3][patched_call])
     assert not torch.equal(patched[0][patched_call + 1], plain[0][patched_call + 1])

@@ -19,10 +19,15 @@ def build_model(section: ModelSection, source: str | Path = "<recipe>") -> Thoug
     """The recipe's model on its device and dtype; a bad section is a one-line RecipeError."""
     if section.preset is None:
         if section.kind is None:
-            raise RecipeError(source, "model", "names no model",
-                              f"set model.preset (one of {', '.join(PRESETS)})")
-        raise RecipeError(source, "model.kind", f"loading {section.kind!r} checkpoints is not "
-                          "implemented in this version", "use model.preset for now")
+            raise RecipeError(
+                source, "model", "names no model", f"set model.preset (one of {', '.join(PRESETS)})"
+            )
+        raise RecipeError(
+            source,
+            "model.kind",
+            f"loading {section.kind!r} checkpoints is not implemented in this version",
+            "use model.preset for now",
+        )
     if section.preset not in PRESETS:
         close = difflib.get_close_matches(section.preset, list(PRESETS), n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(PRESETS)}"
@@ -38,11 +43,16 @@ def _device(name: str, source: str | Path) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise RecipeError(source, "model.device", f"unknown device {name!r}",
-                          "use 'cpu', 'cuda' or 'cuda:N'") from None
+        raise RecipeError(
+            source, "model.device", f"unknown device {name!r}", "use 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError(source, "model.device", "CUDA is not available on this machine",
-                          "use --set model.device=cpu")
+        raise RecipeError(
+            source,
+            "model.device",
+            "CUDA is not available on this machine",
+            "use --set model.device=cpu",
+        )
     return device
 
 

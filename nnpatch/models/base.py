@@ -42,8 +42,13 @@ class Encoded:
     corrupt_mask: torch.Tensor  # [B, A']
 
     def args(self) -> tuple[torch.Tensor, ...]:
-        return (self.input_ids, self.attention_mask, self.prefix_ids,
-                self.clean_answer, self.corrupt_answer)
+        return (
+            self.input_ids,
+            self.attention_mask,
+            self.prefix_ids,
+            self.clean_answer,
+            self.corrupt_answer,
+        )
 
 
 class ThoughtModel:
@@ -110,8 +115,9 @@ class ThoughtModel:
         ids = self.tokenizer(question.strip(), add_special_tokens=True).input_ids
         return [*ids, self.module.bot_id]
 
-    def encode(self, questions: list[str], clean_answers: list[list[int]],
-               corrupt_answers: list[list[int]]) -> Encoded:
+    def encode(
+        self, questions: list[str], clean_answers: list[list[int]], corrupt_answers: list[list[int]]
+    ) -> Encoded:
         questions_ids = [self.question_ids(q) for q in questions]
         pad = self.module.pad_id
         input_ids, mask = pad_rows(questions_ids, pad, left=True)

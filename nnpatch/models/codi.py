@@ -71,12 +71,24 @@ class CodiModel(nn.Module):
     def num_layers(self) -> int:
         return self.lm.config.num_hidden_layers
 
-    def _decode(self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor,
-                ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def _decode(
+        self,
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        ids: torch.Tensor | None = None,
+        embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One decoder call on new tokens; returns the final-norm hidden states."""
         decoder = self.family.decoder(self.lm)
-        out = decoder(input_ids=ids, inputs_embeds=embeds, attention_mask=mask,
-                      position_ids=positions, cache=cache, use_cache=True)
+        out = decoder(
+            input_ids=ids,
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
         return out.last_hidden_state
 
     def forward(
@@ -115,12 +127,17 @@ class CodiModel(nn.Module):
         corrupt_mask = torch.cat(
             [tail_mask[:, :length_before_answer], mask.new_ones(corrupt_answer.shape)], dim=1
         )
-        corrupt_positions = tail_positions[:, first : first + 1] + 1 + torch.arange(
-            corrupt_answer.shape[1], device=tail.device
+        corrupt_positions = (
+            tail_positions[:, first : first + 1]
+            + 1
+            + torch.arange(corrupt_answer.shape[1], device=tail.device)
         )
         hidden_corrupt = self._decode(cache, corrupt_mask, corrupt_positions, ids=corrupt_answer)
         logits_corrupt = torch.cat(
-            [logits_clean[:, :1], self.lm.lm_head(hidden_corrupt[:, : corrupt_answer.shape[1] - 1])],
+            [
+                logits_clean[:, :1],
+                self.lm.lm_head(hidden_corrupt[:, : corrupt_answer.shape[1] - 1]),
+            ],
             dim=1,
         )
         return logits_clean, logits_corrupt

@@ -28,15 +28,24 @@ def tiny_random_codi(family: str = "llama", num_thoughts: int = 6) -> ThoughtMod
         torch.manual_seed(SEED)
         if family == "llama":
             config = LlamaConfig(
-                vocab_size=vocab + 3, hidden_size=64, intermediate_size=128,
-                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=512, initializer_range=INIT_STD,
+                vocab_size=vocab + 3,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=512,
+                initializer_range=INIT_STD,
                 tie_word_embeddings=False,
             )
             lm = LlamaForCausalLM(config)
         else:
             config = GPT2Config(
-                vocab_size=vocab + 3, n_embd=64, n_layer=3, n_head=4, n_positions=512,
+                vocab_size=vocab + 3,
+                n_embd=64,
+                n_layer=3,
+                n_head=4,
+                n_positions=512,
                 initializer_range=INIT_STD,
             )
             lm = GPT2LMHeadModel(config)

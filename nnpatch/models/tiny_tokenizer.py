@@ -14,13 +14,13 @@ DIGITS = list("0123456789")
 PUNCTUATION = list(".,?:!;$'-+*/=()<>")
 WORDS = """
 the answer is a an and of to in on at for with from by then more less than each every
-how many much does do did have has had left total now after before all together what
-is are was were he she they it his her their them there has if now times per twice half
+how many much does do did have has had left total now after before all together what is
+are was were he she they it his her their them there has if now times per twice half
 apples pens books coins cards marbles eggs cookies stickers candies boxes bags friends
 buys gets finds gives sells eats loses makes adds takes away spends earns shares keeps
-bought got found gave sold ate lost made added took spent earned shared kept
-Tom Sam Ann Mia Leo Zoe Ben Eva Max Ivy Tim Kim Joe Liz Ray Amy
-The How What He She They Then If Each
+bought got found gave sold ate lost made added took spent earned shared kept Tom Sam Ann
+Mia Leo Zoe Ben Eva Max Ivy Tim Kim Joe Liz Ray Amy The How What He She They Then If
+Each
 """.split()
 
 

@@ -10,12 +10,18 @@ NAMES = ["Tom", "Sam", "Ann", "Mia", "Leo", "Zoe", "Ben", "Eva"]
 ITEMS = ["apples", "pens", "books", "coins", "cards", "marbles", "eggs", "cookies"]
 # (question template, answer from the three numbers)
 TEMPLATES = [
-    ("{n} has {a} {x}. {n} buys {b} more and then gives away {c}. How many {x} does {n} have?",
-     lambda a, b, c: a + b - c),
-    ("{n} has {a} {x} and finds {b} more. Then {n} loses {c}. How many {x} are left?",
-     lambda a, b, c: a + b - c),
-    ("{n} has {a} boxes with {b} {x} each and eats {c}. How many {x} are left?",
-     lambda a, b, c: a * b - c),
+    (
+        "{n} has {a} {x}. {n} buys {b} more and then gives away {c}. How many {x} does {n} have?",
+        lambda a, b, c: a + b - c,
+    ),
+    (
+        "{n} has {a} {x} and finds {b} more. Then {n} loses {c}. How many {x} are left?",
+        lambda a, b, c: a + b - c,
+    ),
+    (
+        "{n} has {a} boxes with {b} {x} each and eats {c}. How many {x} are left?",
+        lambda a, b, c: a * b - c,
+    ),
 ]
 
 

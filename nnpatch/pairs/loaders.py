@@ -12,10 +12,7 @@ from nnpatch.pairs.schema import FIELDS, Pair
 
 def load_pairs(source: str, base_dir: Path, limit: int | None = None) -> list[Pair]:
     """Pairs from a built-in set's name or a JSONL path (relative paths: to `base_dir`)."""
-    if source in BUILTIN:
-        pairs = BUILTIN[source]()
-    else:
-        pairs = read_jsonl(_resolve(source, base_dir))
+    pairs = BUILTIN[source]() if source in BUILTIN else read_jsonl(_resolve(source, base_dir))
     check_pairs(pairs, source)
     return pairs[:limit] if limit else pairs
 
@@ -60,8 +57,10 @@ def _pair_from_row(row: dict, where: str) -> Pair:
     for field in FIELDS:
         value = row.get(field)
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise PairsError(f"{where}: field {field!r} is missing or not text; every row needs "
-                             f"{', '.join(FIELDS)}")
+            raise PairsError(
+                f"{where}: field {field!r} is missing or not text; every row needs "
+                f"{', '.join(FIELDS)}"
+            )
         values[field] = str(value).strip()
         if not values[field]:
             raise PairsError(f"{where}: field {field!r} is empty")

@@ -102,6 +102,8 @@ def _positions(positions: object, model: ThoughtModel, source: str | Path, field
                 "use 0..K-1, 'bot' or 'eot'",
             )
         labels.append(str(position))
+    if not labels:
+        raise RecipeError(source, field, "no positions listed", "list at least one, or 'all'")
     if len(set(labels)) != len(labels):
         raise RecipeError(source, field, "a position is listed twice", "list each once")
     return sorted(labels, key=order.index)

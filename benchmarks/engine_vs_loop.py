@@ -49,11 +49,16 @@ def main() -> None:
 
     model = PRESETS[args.preset]()
     pairs = tiny_arithmetic(count=max(args.pairs, 1))[: args.pairs]
-    specs = [PatchSpec(layer, (str(t),)) for layer in range(model.num_layers)
-             for t in range(model.num_thoughts)]
+    specs = [
+        PatchSpec(layer, (str(t),))
+        for layer in range(model.num_layers)
+        for t in range(model.num_thoughts)
+    ]
     patches = len(specs) * len(pairs)
-    print(f"{model.name}: {len(pairs)} pairs × {model.num_layers} layers × "
-          f"{model.num_thoughts} thoughts = {patches} patches, {torch.get_num_threads()} threads")
+    print(
+        f"{model.name}: {len(pairs)} pairs × {model.num_layers} layers × "
+        f"{model.num_thoughts} thoughts = {patches} patches, {torch.get_num_threads()} threads"
+    )
 
     engine_sweep(model, pairs[:1], specs[:2], args.batch_size)  # warm-up
     batched_s, batched = engine_sweep(model, pairs, specs, args.batch_size)
@@ -66,9 +71,11 @@ def main() -> None:
     engine_ld = batched[:, 0].view(len(specs), len(pairs)).T.double()
     agree = (ref_ld - engine_ld).abs().max().item()
 
-    for label, seconds in [(f"(a) nnpatch, batch {args.batch_size}", batched_s),
-                           ("(b) one nnsight trace per patch", per_trace_s),
-                           ("(c) one hooked forward per patch", hooks_s)]:
+    for label, seconds in [
+        (f"(a) nnpatch, batch {args.batch_size}", batched_s),
+        ("(b) one nnsight trace per patch", per_trace_s),
+        ("(c) one hooked forward per patch", hooks_s),
+    ]:
         print(f"{label:<34} {seconds:8.2f} s  {patches / seconds:9.1f} patches/s")
     print(f"speed-up a/b: {per_trace_s / batched_s:.1f}x   a/c: {hooks_s / batched_s:.1f}x")
     print(f"max |logit_diff| difference, nnpatch vs hook loop: {agree:.2e}")

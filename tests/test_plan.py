@@ -49,7 +49,7 @@ def test_thought_site_has_no_layers(tmp_path, llama):
         ({"mode": "single", "site": "thought", "positions": ["bot"]}, r"patch\.positions: site"),
         ({"mode": "single", "site": "thought", "layers": [0]}, r"patch\.layers: site 'thought'"),
         ({"mode": "single", "positions": [1, 1]}, r"listed twice"),
-    ({"mode": "layer", "positions": []}, r"patch\.positions: no positions listed"),
+        ({"mode": "layer", "positions": []}, r"patch\.positions: no positions listed"),
     ],
 )
 def test_out_of_range_cells_are_rejected(tmp_path, llama, patch, match):

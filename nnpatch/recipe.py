@@ -11,7 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nnpatch.errors import RecipeError
 from nnpatch.metrics import METRICS
@@ -29,9 +36,19 @@ class ModelSection(Strict):
     kind: Literal["codi", "coconut", "causal_lm"] | None = None
     checkpoint: str | None = None
     base: str | None = None
+    revision: str | None = None
     num_thoughts: int | None = Field(default=None, ge=1, le=64)
+    prj_dim: int | None = Field(default=None, ge=1)
+    lora_r: int | None = Field(default=None, ge=1)
+    lora_alpha: float = Field(default=32, gt=0)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSection:
+        if self.preset is not None and self.kind is not None:
+            raise ValueError("set either preset or kind (with checkpoint and base), not both")
+        return self
 
 
 class DataSection(Strict):

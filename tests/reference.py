@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nnpatch.models.base import ANSWER_PREFIX, ThoughtModel
+from nnpatch.models.base import ThoughtModel
 
 SUBMODULES = {
     "llama": ("model", "layers", {"attn": "self_attn", "mlp": "mlp"}),
@@ -46,7 +46,7 @@ def run_one(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One unpadded recurrent forward with the given hooks; answer logits as float64."""
     ids = torch.tensor([model.question_ids(question)])
-    prefix = torch.tensor(model.tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids)
+    prefix = torch.tensor(model.tokenizer(model.answer_prefix, add_special_tokens=False).input_ids)
     handles = [module.register_forward_hook(hook) for module, hook in hooks]
     try:
         with torch.no_grad():

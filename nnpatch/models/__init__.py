@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from nnpatch.errors import RecipeError
+from nnpatch.errors import ModelError, RecipeError
 from nnpatch.models.base import ThoughtModel
 from nnpatch.models.presets import PRESETS
 from nnpatch.recipe import ModelSection
@@ -16,27 +16,34 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def build_model(section: ModelSection, source: str | Path = "<recipe>") -> ThoughtModel:
-    """The recipe's model on its device and dtype; a bad section is a one-line RecipeError."""
-    if section.preset is None:
-        if section.kind is None:
-            raise RecipeError(
-                source, "model", "names no model", f"set model.preset (one of {', '.join(PRESETS)})"
-            )
-        raise RecipeError(
-            source,
-            "model.kind",
-            f"loading {section.kind!r} checkpoints is not implemented in this version",
-            "use model.preset for now",
-        )
+    """The recipe's model on its device and dtype; a bad section is a one-line error."""
+    device = _device(section.device, source)
+    if section.preset is not None:
+        model = _preset(section, source)
+    elif section.kind is None:
+        raise RecipeError(source, "model", "names no model",
+                          f"set model.preset (one of {', '.join(PRESETS)}) or model.kind")
+    else:
+        from nnpatch.models.release import LOADERS
+
+        if section.kind not in LOADERS:
+            raise RecipeError(source, "model.kind", f"{section.kind!r} is not supported yet",
+                              f"use one of {', '.join(LOADERS)}")
+        try:
+            model = LOADERS[section.kind](section)
+        except ModelError as err:
+            raise ModelError(f"{source}: {err}") from None
+    model.module.to(device=device, dtype=DTYPES[section.dtype])
+    return model
+
+
+def _preset(section: ModelSection, source: str | Path) -> ThoughtModel:
     if section.preset not in PRESETS:
         close = difflib.get_close_matches(section.preset, list(PRESETS), n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(PRESETS)}"
         raise RecipeError(source, "model.preset", f"unknown preset {section.preset!r}", hint)
-    device = _device(section.device, source)
     kwargs = {} if section.num_thoughts is None else {"num_thoughts": section.num_thoughts}
-    model = PRESETS[section.preset](**kwargs)
-    model.module.to(device=device, dtype=DTYPES[section.dtype])
-    return model
+    return PRESETS[section.preset](**kwargs)
 
 
 def _device(name: str, source: str | Path) -> torch.device:

@@ -54,10 +54,21 @@ class Encoded:
 class ThoughtModel:
     """A CODI-architecture model with its tokenizer, ready to encode and patch."""
 
-    def __init__(self, module: CodiModel, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    def __init__(
+        self,
+        module: CodiModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str,
+        answer_prefix: str = ANSWER_PREFIX,
+        question_suffix: str = "",
+        key_report: object | None = None,
+    ) -> None:
         self.module = module.eval()
         self.tokenizer = tokenizer
         self.name = name
+        self.answer_prefix = answer_prefix  # CODI: "The answer is:"; Coconut: "###"
+        self.question_suffix = question_suffix  # Coconut questions end with a newline
+        self.key_report = key_report  # how a checkpoint's keys were accounted for
 
     @property
     def num_layers(self) -> int:
@@ -111,8 +122,18 @@ class ThoughtModel:
             raise ModelError(f"{self.name}: the tokenizer has no eos token")
         return eos
 
+    def prefix_ids(self) -> list[int]:
+        return self.tokenizer(self.answer_prefix, add_special_tokens=False).input_ids
+
+    def greedy_answers(self, questions: list[str], max_new: int = 24) -> list[str]:
+        """Decode each question's answer greedily through the real thought loop."""
+        ids, mask = pad_rows([self.question_ids(q) for q in questions], self.module.pad_id, True)
+        rows = self.module.generate(ids.to(self.device), mask.to(self.device), self.eos_id, max_new)
+        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+
     def question_ids(self, question: str) -> list[int]:
-        ids = self.tokenizer(question.strip(), add_special_tokens=True).input_ids
+        text = question.strip() + self.question_suffix
+        ids = self.tokenizer(text, add_special_tokens=True).input_ids
         return [*ids, self.module.bot_id]
 
     def encode(
@@ -121,7 +142,7 @@ class ThoughtModel:
         questions_ids = [self.question_ids(q) for q in questions]
         pad = self.module.pad_id
         input_ids, mask = pad_rows(questions_ids, pad, left=True)
-        prefix = torch.tensor(self.tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids)
+        prefix = torch.tensor(self.prefix_ids())
         clean, clean_mask = pad_rows(clean_answers, pad, left=False)
         corrupt, corrupt_mask = pad_rows(corrupt_answers, pad, left=False)
         tensors = (input_ids, mask, prefix, clean, corrupt, clean_mask, corrupt_mask)

@@ -14,6 +14,8 @@ the same questions run one by one (the CODI reference loop passes neither).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
@@ -57,6 +59,7 @@ class CodiModel(nn.Module):
         bot_id: int,
         eot_id: int,
         pad_id: int,
+        text_vocab: int | None = None,
     ) -> None:
         super().__init__()
         self.lm = lm
@@ -65,6 +68,8 @@ class CodiModel(nn.Module):
         self.bot_id = bot_id
         self.eot_id = eot_id
         self.pad_id = pad_id
+        # ids from here on are the model's own markers (CODI: pad, bot, eot), never text
+        self.text_vocab = pad_id if text_vocab is None else text_vocab
         self.family: Family = family_of(lm)
 
     @property
@@ -91,6 +96,22 @@ class CodiModel(nn.Module):
         )
         return out.last_hidden_state
 
+    def think(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Thinking:
+        """Question + bot pass, then the K recurrent thoughts; the state the answer continues."""
+        batch = input_ids.shape[0]
+        cache = DynamicCache(config=self.lm.config)
+        mask = attention_mask.long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self._decode(cache, mask, positions, ids=input_ids)
+        next_position = positions[:, -1:] + 1  # [B, 1]
+        one = mask.new_ones(batch, 1)
+        for _ in range(self.num_thoughts):
+            thought = self.prj(hidden[:, -1:])  # [B, 1, d]
+            mask = torch.cat([mask, one], dim=1)
+            hidden = self._decode(cache, mask, next_position, embeds=thought)
+            next_position = next_position + 1
+        return Thinking(cache, mask, next_position)
+
     def forward(
         self,
         input_ids: torch.Tensor,  # [B, T] left-padded question + bot
@@ -99,26 +120,14 @@ class CodiModel(nn.Module):
         clean_answer: torch.Tensor,  # [B, A] right-padded
         corrupt_answer: torch.Tensor,  # [B, A'] right-padded
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = input_ids.shape[0]
-        cache = DynamicCache(config=self.lm.config)
-        mask = attention_mask.long()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self._decode(cache, mask, positions, ids=input_ids)
-        next_position = positions[:, -1:] + 1  # [B, 1]
-        one = mask.new_ones(batch, 1)
-
-        for _ in range(self.num_thoughts):
-            thought = self.prj(hidden[:, -1:])  # [B, 1, d]
-            mask = torch.cat([mask, one], dim=1)
-            hidden = self._decode(cache, mask, next_position, embeds=thought)
-            next_position = next_position + 1
-
+        state = self.think(input_ids, attention_mask)
+        cache, mask, batch = state.cache, state.mask, input_ids.shape[0]
         eot = input_ids.new_full((batch, 1), self.eot_id)
         prefix = prefix_ids.to(input_ids.device).expand(batch, -1)
         tail = torch.cat([eot, prefix, clean_answer], dim=1)
         length_before_answer = cache.get_seq_length() + 1 + prefix.shape[1]
         tail_mask = torch.cat([mask, mask.new_ones(tail.shape)], dim=1)
-        tail_positions = next_position + torch.arange(tail.shape[1], device=tail.device)
+        tail_positions = state.next_position + torch.arange(tail.shape[1], device=tail.device)
         hidden = self._decode(cache, tail_mask, tail_positions, ids=tail)
         first = prefix.shape[1]  # tail index of the last prefix token
         logits_clean = self.lm.lm_head(hidden[:, first : first + clean_answer.shape[1]])
@@ -141,6 +150,44 @@ class CodiModel(nn.Module):
             dim=1,
         )
         return logits_clean, logits_corrupt
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, eos_id: int, max_new: int = 24
+    ) -> list[list[int]]:
+        """Greedy decoding after eot, as CODI's evaluation does; token ids up to eos per row.
+
+        Ids past the text vocabulary (CODI's pad, bot, eot) are never chosen.
+        """
+        state = self.think(input_ids, attention_mask)
+        batch = input_ids.shape[0]
+        mask, position = state.mask, state.next_position
+        token = input_ids.new_full((batch, 1), self.eot_id)
+        outputs: list[list[int]] = [[] for _ in range(batch)]
+        done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new):
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+            hidden = self._decode(state.cache, mask, position, ids=token)
+            logits = self.lm.lm_head(hidden[:, -1]).float()
+            logits[:, self.text_vocab :] = float("-inf")
+            token = logits.argmax(-1, keepdim=True)
+            for row in range(batch):
+                if not done[row]:
+                    outputs[row].append(int(token[row]))
+            done |= token[:, 0] == eos_id
+            if done.all():
+                break
+            position = position + 1
+        return [[t for t in row if t != eos_id] for row in outputs]
+
+
+@dataclass
+class Thinking:
+    """The recurrent state after the last thought: the answer pass continues from it."""
+
+    cache: DynamicCache
+    mask: torch.Tensor  # [B, T + K]
+    next_position: torch.Tensor  # [B, 1]
 
 
 def truncate_cache(cache: DynamicCache, length: int) -> None:

@@ -1,0 +1,146 @@
+"""Read checkpoint state dicts safely, merge unmerged LoRA, and account for every key.
+
+Earlier work loaded CODI checkpoints with strict=False and silently dropped the projection
+and half the LoRA weights. Here every key of the file must land somewhere, and every
+parameter of the model must come from the file; anything else is an error that lists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nnpatch.errors import ModelError
+
+# Buffers that older transformers saved in state dicts and newer ones recompute.
+RECOMPUTED_BUFFERS = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """safetensors, or torch.load with weights_only=True: a checkpoint never runs code."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - corrupt or unsafe file: one clear line
+        first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise ModelError(f"{path}: cannot read the checkpoint ({first})") from None
+
+
+@dataclass
+class KeyReport:
+    """Where every key of a checkpoint went."""
+
+    file: str
+    loaded: int = 0
+    merged_lora: list[str] = field(default_factory=list)  # modules whose LoRA was merged
+    tied_absent: list[str] = field(default_factory=list)  # absent because tied
+    ignored: list[str] = field(default_factory=list)  # recomputed buffers, tied aliases
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.missing or self.unexpected:
+            raise ModelError(
+                f"{self.file}: {len(self.missing)} missing key(s) {_few(self.missing)}, "
+                f"{len(self.unexpected)} unexpected key(s) {_few(self.unexpected)}; "
+                "the checkpoint does not match the model the recipe describes "
+                "(check model.kind, model.base and the LoRA/prj settings)"
+            )
+
+    def lines(self) -> list[str]:
+        return [
+            f"file: {self.file}",
+            f"loaded tensors: {self.loaded}",
+            f"LoRA merged into {len(self.merged_lora)} modules",
+            f"absent because tied: {', '.join(self.tied_absent) or 'none'}",
+            f"ignored (recomputed buffers, tied aliases): {len(self.ignored)}",
+            f"missing: {len(self.missing)}   unexpected: {len(self.unexpected)}",
+        ]
+
+
+def _few(keys: list[str], limit: int = 4) -> str:
+    if not keys:
+        return "()"
+    more = f", and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "(" + ", ".join(keys[:limit]) + more + ")"
+
+
+def merge_lora(
+    state: dict[str, torch.Tensor], lm: nn.Module, alpha: float, rank: int | None, report: KeyReport
+) -> dict[str, torch.Tensor]:
+    """Fold `base_layer` + (alpha / r)·B·A into plain weights, keyed as `lm` expects.
+
+    GPT-2's Conv1D stores weights [in, out], so its delta is transposed (peft's
+    fan_in_fan_out). A LoRA key without its partner, or without a base layer, is reported.
+    """
+    merged: dict[str, torch.Tensor] = {}
+    lora = {k for k in state if ".lora_A." in k or ".lora_B." in k}
+    used: set[str] = set()
+    for key, value in state.items():
+        if key in lora:
+            continue
+        if ".base_layer." not in key:
+            merged[key] = value
+            continue
+        module, _, param = key.rpartition(".base_layer.")
+        if param != "weight":
+            merged[f"{module}.{param}"] = value
+            continue
+        a_key, b_key = f"{module}.lora_A.default.weight", f"{module}.lora_B.default.weight"
+        absent = [k for k in (a_key, b_key) if k not in state]
+        if absent:
+            report.missing += absent
+            continue
+        a, b = state[a_key].float(), state[b_key].float()
+        if rank is not None and a.shape[0] != rank:
+            raise ModelError(f"{report.file}: {a_key} has rank {a.shape[0]}, the recipe says "
+                             f"model.lora_r = {rank}; fix model.lora_r")
+        delta = (b @ a) * (alpha / a.shape[0])
+        if _is_conv1d(lm, module):
+            delta = delta.T
+        merged[f"{module}.weight"] = (value.float() + delta).to(value.dtype)
+        used.update((a_key, b_key))
+        report.merged_lora.append(module)
+    report.unexpected += sorted(lora - used - set(report.missing))
+    return merged
+
+
+def _is_conv1d(lm: nn.Module, module: str) -> bool:
+    try:
+        return type(lm.get_submodule(module)).__name__ == "Conv1D"
+    except AttributeError:
+        return False
+
+
+def load_exactly(module: nn.Module, state: dict[str, torch.Tensor], report: KeyReport,
+                 tied: set[str] = frozenset()) -> None:
+    """Account for every key, then load with strict=True (tied keys may be absent)."""
+    expected = set(module.state_dict())
+    given = set(state)
+    for key in sorted(given - expected):
+        if key.endswith(RECOMPUTED_BUFFERS):
+            report.ignored.append(key)
+            state.pop(key)
+        else:
+            report.unexpected.append(key)
+    for key in sorted(expected - given):
+        if key in tied:
+            report.tied_absent.append(key)
+        else:
+            report.missing.append(key)
+    report.check()
+    try:
+        incompatible = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        detail = " ".join(str(err).split())[:300]
+        raise ModelError(f"{report.file}: tensors do not fit the model: {detail}") from None
+    leftover = set(incompatible.missing_keys) - tied
+    if leftover or incompatible.unexpected_keys:  # accounted above; never silently partial
+        raise ModelError(f"{report.file}: keys did not load: {_few(sorted(leftover))}")
+    report.loaded += len(state)

@@ -1,0 +1,125 @@
+"""Load released checkpoints exactly as their authors run them: CODI and Coconut.
+
+CODI (zhenyi4/codi): one state dict of the whole CODI module, `codi.base_model.model.<HF
+keys>` with unmerged LoRA, plus `prj.*`; embeddings resized to V + 3 with pad = V,
+bot = V + 1, eot = V + 2 as bare ids. Coconut (facebookresearch/coconut): `base_causallm.<HF
+keys>` plus `embedding.weight` (an alias of the input embeddings), the tokenizer extended with
+<|start-latent|>, <|end-latent|>, <|latent|>; no projection; answers "### X".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nnpatch.errors import ModelError
+from nnpatch.models.base import ThoughtModel
+from nnpatch.models.checkpoint import KeyReport, load_exactly, merge_lora, read_state_dict
+from nnpatch.models.codi import CodiModel, Projection
+from nnpatch.models.hub import resolve_folder, weights_file
+
+CODI_PREFIX = "codi.base_model.model."
+COCONUT_PREFIX = "base_causallm."
+COCONUT_TOKENS = ["<|start-latent|>", "<|end-latent|>", "<|latent|>"]  # the order run.py adds
+BASE_FILES = ["config.json", "tokenizer*", "special_tokens_map.json", "*.model", "vocab*",
+              "merges.txt"]
+WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin"]
+
+
+def _base(section):
+    """Config and tokenizer from model.base (a folder or a hub id)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not section.base:
+        raise ModelError("model.base: required for checkpoints (the base model's config and "
+                         "tokenizer, e.g. meta-llama/Llama-3.2-1B-Instruct)")
+    folder = resolve_folder(section.base, "model.base", BASE_FILES, section.revision)
+    try:
+        return AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model.base: {folder}: {str(err).splitlines()[0][:160]}") from None
+
+
+def _weights(section) -> tuple[str, dict[str, torch.Tensor]]:
+    if not section.checkpoint:
+        raise ModelError("model.checkpoint: required (a folder, a weights file or a hub id)")
+    patterns = [*WEIGHT_FILES, "checkpoint_*"]
+    folder = resolve_folder(section.checkpoint, "model.checkpoint", patterns, section.revision)
+    path = weights_file(folder, section.checkpoint, "model.checkpoint", WEIGHT_FILES)
+    return str(path), read_state_dict(path)
+
+
+def _language_model(config, vocab: int) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    lm.resize_token_embeddings(vocab, mean_resizing=False)
+    return lm
+
+
+def _tied(config) -> set[str]:
+    return {"lm.lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+
+
+def load_codi(section) -> ThoughtModel:
+    config, tokenizer = _base(section)
+    path, state = _weights(section)
+    report = KeyReport(path)
+    vocab = config.vocab_size
+    lm = _language_model(config, vocab + 3)
+    lm_state = {k[len(CODI_PREFIX) :]: v for k, v in state.items() if k.startswith(CODI_PREFIX)}
+    prj_state = {k[len("prj.") :]: v for k, v in state.items() if k.startswith("prj.")}
+    report.unexpected += [k for k in state if not k.startswith((CODI_PREFIX, "prj."))]
+    merged = merge_lora(lm_state, lm, float(section.lora_alpha), section.lora_r, report)
+    report.missing = [CODI_PREFIX + k for k in report.missing]
+    report.unexpected = [CODI_PREFIX + k if "lora_" in k else k for k in report.unexpected]
+    prj_dim = section.prj_dim or _rows(prj_state.get("1.weight"), 2 * config.hidden_size)
+    module = CodiModel(lm, Projection(config.hidden_size, prj_dim), section.num_thoughts or 6,
+                       bot_id=vocab + 1, eot_id=vocab + 2, pad_id=vocab)
+    combined = {f"lm.{k}": v for k, v in merged.items()} | {f"prj.{k}": v
+                                                            for k, v in prj_state.items()}
+    load_exactly(module, combined, report, _tied(config))
+    lm.tie_weights()
+    return ThoughtModel(module, tokenizer, section.checkpoint, key_report=report)
+
+
+def load_coconut(section) -> ThoughtModel:
+    config, tokenizer = _base(section)
+    path, state = _weights(section)
+    report = KeyReport(path)
+    tokenizer.add_tokens(COCONUT_TOKENS)
+    start, end, _latent = tokenizer.convert_tokens_to_ids(COCONUT_TOKENS)
+    lm = _language_model(config, len(tokenizer))
+    lm_state = {k[len(COCONUT_PREFIX) :]: v for k, v in state.items()
+                if k.startswith(COCONUT_PREFIX)}
+    alias = state.get("embedding.weight")
+    if alias is not None:
+        embed_key = _input_embedding_key(lm)
+        if embed_key not in lm_state or not torch.equal(alias, lm_state[embed_key]):
+            raise ModelError(f"{path}: embedding.weight differs from {COCONUT_PREFIX}{embed_key}; "
+                             "Coconut saves the input embeddings twice, and they must agree")
+        report.ignored.append("embedding.weight")
+    report.unexpected += [k for k in state
+                          if not k.startswith(COCONUT_PREFIX) and k != "embedding.weight"]
+    eos = tokenizer.eos_token_id
+    module = CodiModel(lm, nn.Identity(), section.num_thoughts or 6, bot_id=start, eot_id=end,
+                       pad_id=eos, text_vocab=config.vocab_size)
+    load_exactly(module, {f"lm.{k}": v for k, v in lm_state.items()}, report, _tied(config))
+    lm.tie_weights()
+    return ThoughtModel(module, tokenizer, section.checkpoint, answer_prefix="###",
+                        question_suffix="\n", key_report=report)
+
+
+def _input_embedding_key(lm: nn.Module) -> str:
+    embedding = lm.get_input_embeddings()
+    for name, module in lm.named_modules():
+        if module is embedding:
+            return f"{name}.weight"
+    raise ModelError("the base model has no input embedding")
+
+
+def _rows(weight: torch.Tensor | None, default: int) -> int:
+    return default if weight is None else int(weight.shape[0])
+
+
+LOADERS = {"codi": load_codi, "coconut": load_coconut}

@@ -1,0 +1,102 @@
+"""Tiny checkpoints in the exact on-disk formats of the CODI and Coconut releases.
+
+CODI: peft's get_peft_model on a tiny Llama or GPT-2 (embeddings resized to V + 3), a `prj`
+Sequential with `ln`, the whole module's state dict saved with the `codi.` prefix, as
+pytorch_model.bin and model.safetensors. Coconut: a GPT-2 with three added tokens wrapped as
+`base_causallm` next to an `embedding` alias, saved with torch.save as `checkpoint_N`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
+
+TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+           "gpt2": ["c_attn", "c_proj", "c_fc"]}
+
+
+def base_model(family: str, vocab: int, seed: int = 1):
+    torch.manual_seed(seed)
+    if family == "llama":
+        config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=256, initializer_range=0.1,
+                             tie_word_embeddings=True)
+        return config, LlamaForCausalLM(config)
+    config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=3, n_head=4, n_positions=256,
+                        initializer_range=0.1)
+    return config, GPT2LMHeadModel(config)
+
+
+class CodiRelease(nn.Module):
+    """The attributes CODI's module saves: `codi` (peft-wrapped LM) and `prj`."""
+
+    def __init__(self, lm: nn.Module, hidden: int, prj_dim: int):
+        super().__init__()
+        self.codi = lm
+        self.prj = nn.Sequential(nn.Dropout(0.0), nn.Linear(hidden, prj_dim), nn.GELU(),
+                                 nn.Linear(prj_dim, hidden))
+        self.prj.add_module("ln", nn.LayerNorm(hidden))
+
+
+def write_codi_release(folder: Path, family: str, fmt: str, rank: int = 8, alpha: float = 32):
+    """(module, base folder, checkpoint folder) for a tiny CODI release."""
+    tokenizer = build_tiny_tokenizer()
+    vocab = len(tokenizer)
+    config, lm = base_model(family, vocab)
+    base = folder / "base"
+    config.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    lm.resize_token_embeddings(vocab + 3, mean_resizing=False)
+    lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=TARGETS[family], lora_dropout=0.0,
+                      init_lora_weights=False)
+    peft_lm = get_peft_model(lm, lora)
+    with torch.no_grad():  # nonzero but gentle LoRA, so the tiny model is not chaotic
+        for name, param in peft_lm.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.05)
+    module = CodiRelease(peft_lm, 64, 96).eval()
+    state = module.state_dict()
+    checkpoint = folder / "ckpt"
+    checkpoint.mkdir()
+    if fmt == "bin":
+        torch.save(state, checkpoint / "pytorch_model.bin")
+    else:
+        from safetensors.torch import save_file
+
+        # safetensors refuses shared tensors: a tied lm_head is left out, as HF does
+        tied = "codi.base_model.model.lm_head.weight"
+        state = {k: v.contiguous() for k, v in state.items() if k != tied}
+        save_file(state, str(checkpoint / "model.safetensors"))
+    return module, base, checkpoint
+
+
+COCONUT_TOKENS = ["<|start-latent|>", "<|end-latent|>", "<|latent|>"]
+
+
+class CoconutRelease(nn.Module):
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.base_causallm = lm
+        self.embedding = lm.get_input_embeddings()
+
+
+def write_coconut_release(folder: Path):
+    """(lm, tokenizer, base folder, checkpoint file) for a tiny GPT-2 Coconut."""
+    tokenizer = build_tiny_tokenizer()
+    config, lm = base_model("gpt2", len(tokenizer), seed=2)
+    base = folder / "base"
+    config.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    tokenizer.add_tokens(COCONUT_TOKENS)
+    lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    module = CoconutRelease(lm).eval()
+    path = folder / "checkpoint_15"
+    torch.save(module.state_dict(), path)
+    return lm, tokenizer, base, path

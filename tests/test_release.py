@@ -1,0 +1,170 @@
+"""Released checkpoint formats load exactly: same logits and answers as the authors' loops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from release_builders import COCONUT_TOKENS, write_codi_release, write_coconut_release
+
+from nnpatch.errors import ModelError
+from nnpatch.models.release import load_coconut, load_codi
+from nnpatch.pairs.builtin import tiny_arithmetic
+from nnpatch.recipe import ModelSection
+
+PAIR = tiny_arithmetic()[2]
+
+
+def codi_section(base, checkpoint, **extra) -> ModelSection:
+    return ModelSection(kind="codi", base=str(base), checkpoint=str(checkpoint), lora_alpha=32,
+                        num_thoughts=6, **extra)
+
+
+def codi_loop(module, ids: list[int], answer: list[int], vocab: int, prefix: list[int]):
+    """CODI's test.py loop on the peft module: teacher-forced answer logits, greedy tokens."""
+    lm, prj = module.codi, module.prj
+    with torch.no_grad():
+        out = lm(input_ids=torch.tensor([ids]), use_cache=True, output_hidden_states=True)
+        cache, latent = out.cache, prj(out.hidden_states[-1][:, -1:])
+        for _ in range(6):
+            out = lm(inputs_embeds=latent, cache=cache, use_cache=True, output_hidden_states=True)
+            cache, latent = out.cache, prj(out.hidden_states[-1][:, -1:])
+        import copy
+
+        greedy_cache = copy.deepcopy(cache)
+        tail = torch.tensor([[vocab + 2, *prefix, *answer]])
+        logits = lm(input_ids=tail, cache=cache, use_cache=True).logits[0]
+        tokens, token = [], torch.tensor([[vocab + 2]])
+        for _ in range(12):
+            step = lm(input_ids=token, cache=greedy_cache, use_cache=True).logits[0, -1]
+            token = step[:vocab].argmax().view(1, 1)
+            tokens.append(int(token))
+    first = len(prefix)
+    return logits[first : first + len(answer)], tokens
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_codi_release_matches_peft_reference(tmp_path, family, fmt):
+    """Merged-LoRA nnpatch model = peft module in CODI's loop (logits within 1e-5, greedy)."""
+    module, base, checkpoint = write_codi_release(tmp_path, family, fmt)
+    model = load_codi(codi_section(base, checkpoint))
+    report = model.key_report
+    assert not report.missing and not report.unexpected and len(report.merged_lora) > 0
+    vocab = model.module.pad_id
+    answer = model.answer_ids(PAIR.clean_answer)
+    expected, greedy = codi_loop(module, model.question_ids(PAIR.clean_question), answer, vocab,
+                                 model.prefix_ids())
+    encoded = model.encode([PAIR.clean_question], [answer], [answer])
+    with torch.no_grad():
+        logits = model.module(*encoded.args())[0][0]
+        tokens = model.module.generate(encoded.input_ids, encoded.attention_mask, -1, max_new=12)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    assert tokens[0] == greedy
+
+
+def test_lora_scale_uses_alpha_over_rank(tmp_path):
+    """A wrong lora_alpha changes the merged weights (the merge is not a no-op)."""
+    _, base, checkpoint = write_codi_release(tmp_path, "llama", "bin")
+    right = load_codi(codi_section(base, checkpoint))
+    wrong = load_codi(ModelSection(kind="codi", base=str(base), checkpoint=str(checkpoint),
+                                   lora_alpha=8))
+    q = "lm.model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(right.module.state_dict()[q], wrong.module.state_dict()[q])
+
+
+@pytest.mark.parametrize("drop", [
+    "codi.base_model.model.model.layers.1.mlp.up_proj.lora_B.default.weight",
+    "codi.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight",
+    "prj.3.weight",
+    "prj.ln.bias",
+])
+def test_missing_key_fails_naming_it(tmp_path, drop):
+    """Removing one LoRA or prj key fails the load with a message naming that key."""
+    _, base, checkpoint = write_codi_release(tmp_path, "llama", "bin")
+    path = checkpoint / "pytorch_model.bin"
+    state = torch.load(path, weights_only=True)
+    del state[drop]
+    torch.save(state, path)
+    with pytest.raises(ModelError, match="missing key") as err:
+        load_codi(codi_section(base, checkpoint))
+    assert drop in str(err.value)
+
+
+def test_unexpected_key_fails(tmp_path):
+    """A key the model has no place for is an error too."""
+    _, base, checkpoint = write_codi_release(tmp_path, "gpt2", "bin")
+    path = checkpoint / "pytorch_model.bin"
+    state = torch.load(path, weights_only=True)
+    state["codi.extra_head.weight"] = torch.zeros(2)
+    torch.save(state, path)
+    with pytest.raises(ModelError, match=r"1 unexpected key\(s\) \(codi\.extra_head\.weight\)"):
+        load_codi(codi_section(base, checkpoint))
+
+
+def test_wrong_rank_is_named(tmp_path):
+    """lora_r that disagrees with the tensors is reported, not guessed around."""
+    _, base, checkpoint = write_codi_release(tmp_path, "llama", "bin")
+    with pytest.raises(ModelError, match="rank 8, the recipe says model.lora_r = 4"):
+        load_codi(codi_section(base, checkpoint, lora_r=4))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    """torch.load runs with weights_only=True: a pickle that would run code is refused."""
+    _, base, checkpoint = write_codi_release(tmp_path, "llama", "bin")
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Payload()}, checkpoint / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="cannot read the checkpoint"):
+        load_codi(codi_section(base, checkpoint))
+
+
+def coconut_loop(lm, tokenizer, question: str, answer: list[int]):
+    """Coconut's semantics without a cache: each latent is the last hidden state before it."""
+    start, end, latent = tokenizer.convert_tokens_to_ids(COCONUT_TOKENS)
+    ids = tokenizer(question + "\n").input_ids + [start] + [latent] * 6 + [end]
+    prefix = tokenizer("###", add_special_tokens=False).input_ids
+    embeds = lm.get_input_embeddings()(torch.tensor([ids + prefix + answer]))
+    first = ids.index(latent)
+    with torch.no_grad():
+        for step in range(6):
+            out = lm(inputs_embeds=embeds[:, : first + step], output_hidden_states=True)
+            embeds[:, first + step] = out.hidden_states[-1][:, -1]
+        logits = lm(inputs_embeds=embeds).logits[0]
+    at = len(ids) + len(prefix) - 1
+    return logits[at : at + len(answer)]
+
+
+def test_coconut_release_matches_reference(tmp_path):
+    """Coconut's layout (base_causallm., embedding alias, latent tokens) loads and agrees."""
+    lm, tokenizer, base, path = write_coconut_release(tmp_path)
+    model = load_coconut(ModelSection(kind="coconut", base=str(base), checkpoint=str(path),
+                                      num_thoughts=6))
+    assert model.key_report.ignored == ["embedding.weight"] and not model.key_report.missing
+    answer = model.answer_ids(PAIR.clean_answer)
+    encoded = model.encode([PAIR.clean_question], [answer], [answer])
+    with torch.no_grad():
+        logits = model.module(*encoded.args())[0][0]
+    expected = coconut_loop(lm, tokenizer, PAIR.clean_question, answer)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_coconut_embedding_alias_must_agree(tmp_path):
+    """embedding.weight is the same tensor as wte in Coconut; a mismatch is an error."""
+    _, _, base, path = write_coconut_release(tmp_path)
+    state = torch.load(path, weights_only=True)
+    state["embedding.weight"] = state["embedding.weight"] + 1
+    torch.save(state, path)
+    with pytest.raises(ModelError, match="embedding.weight differs"):
+        load_coconut(ModelSection(kind="coconut", base=str(base), checkpoint=str(path)))
+
+
+def test_uncached_hub_id_offline_says_what_to_download(monkeypatch):
+    """A hub id that is not cached, with no hub: one line naming the download."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    section = ModelSection(kind="codi", base="nobody/not-a-model", checkpoint="nobody/ckpt")
+    with pytest.raises(ModelError, match=r"model.base: 'nobody/not-a-model' is not in the "
+                       r"Hugging Face cache .*HF_HUB_OFFLINE is set.*`hf download nobody/not-a-model`"):
+        load_codi(section)

@@ -62,16 +62,43 @@ def run(recipe: str, overrides: tuple[str, ...], limit: int | None, out: str | N
     help="Override a recipe field before validating.",
 )
 def validate(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Check a RECIPE (schema, model, pairs, patch plan) without running it."""
-    from nnpatch.runner import prepare
+    """Check a RECIPE without running it or loading weights.
+
+    Checks the schema, the pairs, and the patch cells against the model's layers and
+    thoughts when its config is reachable (a note says so when it is not).
+    """
+    from nnpatch.runner import check
 
     with _errors():
-        prep = prepare(recipe, list(overrides))
+        checked = check(recipe, list(overrides))
+        patch = checked.recipe.patch
+        plan = "" if checked.plan is None else f", {len(checked.plan)} patches per pair"
+        name = checked.shape.name if checked.shape else checked.recipe.model.checkpoint
         click.echo(
-            f"{recipe}: ok ({prep.model.name}, {len(prep.pairs)} pairs, "
-            f"{len(prep.plan)} patches per pair, mode {prep.recipe.patch.mode}, "
-            f"site {prep.recipe.patch.site})"
+            f"{recipe}: ok ({name}, {checked.pairs} pairs{plan}, mode {patch.mode}, "
+            f"site {patch.site})"
         )
+        for note in checked.notes:
+            click.echo(f"note: {note}")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field first."
+)
+def inspect(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Load a RECIPE's model and describe it: layers, sites, positions, ids, key accounting."""
+    from nnpatch.inspect_model import describe
+    from nnpatch.recipe import load_recipe
+
+    with _errors():
+        loaded = load_recipe(recipe, list(overrides))
+        click.echo(
+            f"recipe {recipe}: {loaded.name}, mode {loaded.patch.mode}, "
+            f"site {loaded.patch.site}, direction {loaded.patch.direction}"
+        )
+        click.echo(describe(loaded, recipe))
 
 
 def _progress(total: int):

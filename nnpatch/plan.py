@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnpatch.errors import RecipeError
-from nnpatch.models.base import ThoughtModel
+from nnpatch.models.base import ModelShape
 from nnpatch.recipe import Recipe
 
 
@@ -21,7 +21,7 @@ class PatchSpec:
 
 
 def build_plan(
-    recipe: Recipe, model: ThoughtModel, source: str | Path = "<recipe>"
+    recipe: Recipe, model: ModelShape, source: str | Path = "<recipe>"
 ) -> list[PatchSpec]:
     """Every row of the sweep, in a stable order (layer-major, then positions)."""
     patch = recipe.patch
@@ -59,7 +59,7 @@ def build_plan(
     return [PatchSpec(layer, group) for layer in layers for group in groups]
 
 
-def _layers(recipe: Recipe, model: ThoughtModel, source: str | Path) -> list[int | None]:
+def _layers(recipe: Recipe, model: ModelShape, source: str | Path) -> list[int | None]:
     layers = recipe.patch.layers
     if recipe.patch.site == "thought":
         if layers != "all":
@@ -86,7 +86,7 @@ def _layers(recipe: Recipe, model: ThoughtModel, source: str | Path) -> list[int
     return list(layers)
 
 
-def _positions(positions: object, model: ThoughtModel, source: str | Path, field: str) -> list[str]:
+def _positions(positions: object, model: ModelShape, source: str | Path, field: str) -> list[str]:
     """Position labels in sequence order; thought indices are checked against K."""
     order = model.position_labels()
     if positions == "all":

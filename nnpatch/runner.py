@@ -19,8 +19,8 @@ import torch
 import nnpatch
 from nnpatch import rundir
 from nnpatch.engine import Engine, PairAnswers
-from nnpatch.errors import PairsError, RecipeError
-from nnpatch.models import ThoughtModel, build_model
+from nnpatch.errors import ModelError, PairsError, RecipeError
+from nnpatch.models import ModelShape, ThoughtModel, build_model, model_shape
 from nnpatch.pairs import Pair, load_pairs
 from nnpatch.plan import PatchSpec, build_plan
 from nnpatch.recipe import Recipe, load_recipe
@@ -62,18 +62,49 @@ def prepare(
         overrides.append(f"data.limit={limit}")
     if output is not None:
         overrides.append(f"run.output={json.dumps(str(output))}")
-    recipe = load_recipe(source, overrides)
+    recipe, pairs, read = _recipe_and_pairs(source, overrides)
     torch.manual_seed(recipe.run.seed)
     model = build_model(recipe.model, source)
-    plan = build_plan(recipe, model, source)
+    plan = build_plan(recipe, model.shape, source)
     try:
-        all_pairs = load_pairs(recipe.data.pairs, source.parent)
-        pairs = all_pairs[: recipe.data.limit] if recipe.data.limit else all_pairs
         engine = Engine(model, recipe.patch.site, recipe.patch.direction, recipe.metrics.names)
         answers = engine.answers(pairs)
     except PairsError as err:
         raise RecipeError(source, "data.pairs", str(err)) from None
-    return Prepared(recipe, source, overrides, model, pairs, len(all_pairs), plan, engine, answers)
+    return Prepared(recipe, source, overrides, model, pairs, read, plan, engine, answers)
+
+
+@dataclass
+class Checked:
+    """What `nnpatch validate` could check without loading weights."""
+
+    recipe: Recipe
+    pairs: int
+    shape: ModelShape | None
+    plan: list[PatchSpec] | None
+    notes: list[str]
+
+
+def check(path: str | Path, overrides: list[str] = ()) -> Checked:
+    """Schema, pairs and (when the model's config is reachable) the plan's cells."""
+    source = Path(path)
+    recipe, pairs, _ = _recipe_and_pairs(source, list(overrides))
+    try:
+        shape = model_shape(recipe.model, source)
+    except ModelError as err:
+        note = f"model not checked here (layer and position ranges unchecked): {err}"
+        return Checked(recipe, len(pairs), None, None, [note])
+    return Checked(recipe, len(pairs), shape, build_plan(recipe, shape, source), [])
+
+
+def _recipe_and_pairs(source: Path, overrides: list[str]) -> tuple[Recipe, list[Pair], int]:
+    recipe = load_recipe(source, overrides)
+    try:
+        pairs = load_pairs(recipe.data.pairs, source.parent)
+    except PairsError as err:
+        raise RecipeError(source, "data.pairs", str(err)) from None
+    read = len(pairs)
+    return recipe, pairs[: recipe.data.limit] if recipe.data.limit else pairs, read
 
 
 def execute(

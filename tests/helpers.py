@@ -29,7 +29,8 @@ def write_recipe(folder: Path, name: str = "test", **sections: dict) -> Path:
         "run": {"batch_size": 16, "output": str(folder / "outputs")},
     }
     for table, values in sections.items():
-        tables[table] = {**tables.get(table, {}), **values}
+        keep = {} if table == "model" else tables.get(table, {})  # a model replaces the preset
+        tables[table] = {**keep, **values}
     lines = [f"name = {toml_value(name)}"]
     for table, values in tables.items():
         lines.append(f"[{table}]")

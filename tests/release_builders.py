@@ -17,20 +17,30 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
 
-TARGETS = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-           "gpt2": ["c_attn", "c_proj", "c_fc"]}
+TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+}
 
 
 def base_model(family: str, vocab: int, seed: int = 1):
     torch.manual_seed(seed)
     if family == "llama":
-        config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=256, initializer_range=0.1,
-                             tie_word_embeddings=True)
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            initializer_range=0.1,
+            tie_word_embeddings=True,
+        )
         return config, LlamaForCausalLM(config)
-    config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=3, n_head=4, n_positions=256,
-                        initializer_range=0.1)
+    config = GPT2Config(
+        vocab_size=vocab, n_embd=64, n_layer=3, n_head=4, n_positions=256, initializer_range=0.1
+    )
     return config, GPT2LMHeadModel(config)
 
 
@@ -40,8 +50,9 @@ class CodiRelease(nn.Module):
     def __init__(self, lm: nn.Module, hidden: int, prj_dim: int):
         super().__init__()
         self.codi = lm
-        self.prj = nn.Sequential(nn.Dropout(0.0), nn.Linear(hidden, prj_dim), nn.GELU(),
-                                 nn.Linear(prj_dim, hidden))
+        self.prj = nn.Sequential(
+            nn.Dropout(0.0), nn.Linear(hidden, prj_dim), nn.GELU(), nn.Linear(prj_dim, hidden)
+        )
         self.prj.add_module("ln", nn.LayerNorm(hidden))
 
 
@@ -54,8 +65,13 @@ def write_codi_release(folder: Path, family: str, fmt: str, rank: int = 8, alpha
     config.save_pretrained(base)
     tokenizer.save_pretrained(base)
     lm.resize_token_embeddings(vocab + 3, mean_resizing=False)
-    lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=TARGETS[family], lora_dropout=0.0,
-                      init_lora_weights=False)
+    lora = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=TARGETS[family],
+        lora_dropout=0.0,
+        init_lora_weights=False,
+    )
     peft_lm = get_peft_model(lm, lora)
     with torch.no_grad():  # nonzero but gentle LoRA, so the tiny model is not chaotic
         for name, param in peft_lm.named_parameters():

@@ -110,3 +110,45 @@ def test_bad_input_is_one_line_exit_2_and_no_folder(tmp_path):
 
         assert re.search(match, lines[0]), (match, lines[0])
     assert not (tmp_path / "outputs").exists()
+
+
+def test_inspect_describes_the_model():
+    """inspect: layers, positions, special ids."""
+    result = CliRunner().invoke(main, ["inspect", str(ROOT / "recipes" / "position.toml")])
+    assert result.exit_code == 0, result.output
+    assert "4 layers" in result.output and "positions: bot, 0, 1, 2, 3, 4, 5, eot" in result.output
+    assert "ids: bot 153, eot 154, pad 152" in result.output
+
+
+def test_inspect_reports_checkpoint_keys(tmp_path):
+    """inspect on a release-format checkpoint accounts for its keys."""
+    from release_builders import write_codi_release
+
+    _, base, checkpoint = write_codi_release(tmp_path, "llama", "safetensors")
+    recipe = write_recipe(
+        tmp_path, model={"kind": "codi", "base": str(base), "checkpoint": str(checkpoint)}
+    )
+    result = CliRunner().invoke(main, ["inspect", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "LoRA merged into 21 modules" in result.output
+    assert "absent because tied: lm.lm_head.weight" in result.output
+
+
+def test_hub_recipe_offline_validates_and_inspect_explains(monkeypatch, tmp_path):
+    """Offline: validate passes with a note; inspect exits 2 naming what to download."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    recipe = write_recipe(
+        tmp_path,
+        model={
+            "kind": "codi",
+            "base": "meta-llama/Llama-3.2-1B",
+            "checkpoint": "zen-E/CODI-llama3.2-1b-Instruct",
+        },
+    )
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "note: model not checked here" in result.output
+    result = CliRunner().invoke(main, ["inspect", str(recipe)])
+    assert result.exit_code == 2
+    assert "`hf download meta-llama/Llama-3.2-1B`" in result.output

@@ -11,7 +11,7 @@ from nnpatch.recipe import load_recipe
 
 
 def plan(tmp_path, model, **patch):
-    return build_plan(load_recipe(write_recipe(tmp_path, patch=patch)), model)
+    return build_plan(load_recipe(write_recipe(tmp_path, patch=patch)), model.shape)
 
 
 def test_single_is_every_layer_by_every_thought(tmp_path, llama):

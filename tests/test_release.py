@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from release_builders import COCONUT_TOKENS, write_codi_release, write_coconut_release
+from release_builders import COCONUT_TOKENS, write_coconut_release, write_codi_release
 
 from nnpatch.errors import ModelError
 from nnpatch.models.release import load_coconut, load_codi
@@ -15,8 +15,14 @@ PAIR = tiny_arithmetic()[2]
 
 
 def codi_section(base, checkpoint, **extra) -> ModelSection:
-    return ModelSection(kind="codi", base=str(base), checkpoint=str(checkpoint), lora_alpha=32,
-                        num_thoughts=6, **extra)
+    return ModelSection(
+        kind="codi",
+        base=str(base),
+        checkpoint=str(checkpoint),
+        lora_alpha=32,
+        num_thoughts=6,
+        **extra,
+    )
 
 
 def codi_loop(module, ids: list[int], answer: list[int], vocab: int, prefix: list[int]):
@@ -52,8 +58,9 @@ def test_codi_release_matches_peft_reference(tmp_path, family, fmt):
     assert not report.missing and not report.unexpected and len(report.merged_lora) > 0
     vocab = model.module.pad_id
     answer = model.answer_ids(PAIR.clean_answer)
-    expected, greedy = codi_loop(module, model.question_ids(PAIR.clean_question), answer, vocab,
-                                 model.prefix_ids())
+    expected, greedy = codi_loop(
+        module, model.question_ids(PAIR.clean_question), answer, vocab, model.prefix_ids()
+    )
     encoded = model.encode([PAIR.clean_question], [answer], [answer])
     with torch.no_grad():
         logits = model.module(*encoded.args())[0][0]
@@ -66,18 +73,22 @@ def test_lora_scale_uses_alpha_over_rank(tmp_path):
     """A wrong lora_alpha changes the merged weights (the merge is not a no-op)."""
     _, base, checkpoint = write_codi_release(tmp_path, "llama", "bin")
     right = load_codi(codi_section(base, checkpoint))
-    wrong = load_codi(ModelSection(kind="codi", base=str(base), checkpoint=str(checkpoint),
-                                   lora_alpha=8))
+    wrong = load_codi(
+        ModelSection(kind="codi", base=str(base), checkpoint=str(checkpoint), lora_alpha=8)
+    )
     q = "lm.model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(right.module.state_dict()[q], wrong.module.state_dict()[q])
 
 
-@pytest.mark.parametrize("drop", [
-    "codi.base_model.model.model.layers.1.mlp.up_proj.lora_B.default.weight",
-    "codi.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight",
-    "prj.3.weight",
-    "prj.ln.bias",
-])
+@pytest.mark.parametrize(
+    "drop",
+    [
+        "codi.base_model.model.model.layers.1.mlp.up_proj.lora_B.default.weight",
+        "codi.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight",
+        "prj.3.weight",
+        "prj.ln.bias",
+    ],
+)
 def test_missing_key_fails_naming_it(tmp_path, drop):
     """Removing one LoRA or prj key fails the load with a message naming that key."""
     _, base, checkpoint = write_codi_release(tmp_path, "llama", "bin")
@@ -140,8 +151,9 @@ def coconut_loop(lm, tokenizer, question: str, answer: list[int]):
 def test_coconut_release_matches_reference(tmp_path):
     """Coconut's layout (base_causallm., embedding alias, latent tokens) loads and agrees."""
     lm, tokenizer, base, path = write_coconut_release(tmp_path)
-    model = load_coconut(ModelSection(kind="coconut", base=str(base), checkpoint=str(path),
-                                      num_thoughts=6))
+    model = load_coconut(
+        ModelSection(kind="coconut", base=str(base), checkpoint=str(path), num_thoughts=6)
+    )
     assert model.key_report.ignored == ["embedding.weight"] and not model.key_report.missing
     answer = model.answer_ids(PAIR.clean_answer)
     encoded = model.encode([PAIR.clean_question], [answer], [answer])
@@ -165,6 +177,9 @@ def test_uncached_hub_id_offline_says_what_to_download(monkeypatch):
     """A hub id that is not cached, with no hub: one line naming the download."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     section = ModelSection(kind="codi", base="nobody/not-a-model", checkpoint="nobody/ckpt")
-    with pytest.raises(ModelError, match=r"model.base: 'nobody/not-a-model' is not in the "
-                       r"Hugging Face cache .*HF_HUB_OFFLINE is set.*`hf download nobody/not-a-model`"):
+    with pytest.raises(
+        ModelError,
+        match=r"model.base: 'nobody/not-a-model' is not in the "
+        r"Hugging Face cache .*HF_HUB_OFFLINE is set.*`hf download nobody/not-a-model`",
+    ):
         load_codi(section)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from nnpatch.errors import ModelError, RecipeError
-from nnpatch.models.base import ThoughtModel
+from nnpatch.models.base import ModelShape, ThoughtModel
 from nnpatch.models.presets import PRESETS
 from nnpatch.recipe import ModelSection
 
@@ -21,20 +21,49 @@ def build_model(section: ModelSection, source: str | Path = "<recipe>") -> Thoug
     if section.preset is not None:
         model = _preset(section, source)
     elif section.kind is None:
-        raise RecipeError(source, "model", "names no model",
-                          f"set model.preset (one of {', '.join(PRESETS)}) or model.kind")
+        raise RecipeError(
+            source,
+            "model",
+            "names no model",
+            f"set model.preset (one of {', '.join(PRESETS)}) or model.kind",
+        )
     else:
         from nnpatch.models.release import LOADERS
 
         if section.kind not in LOADERS:
-            raise RecipeError(source, "model.kind", f"{section.kind!r} is not supported yet",
-                              f"use one of {', '.join(LOADERS)}")
+            raise RecipeError(
+                source,
+                "model.kind",
+                f"{section.kind!r} is not supported yet",
+                f"use one of {', '.join(LOADERS)}",
+            )
         try:
             model = LOADERS[section.kind](section)
         except ModelError as err:
             raise ModelError(f"{source}: {err}") from None
     model.module.to(device=device, dtype=DTYPES[section.dtype])
     return model
+
+
+def model_shape(section: ModelSection, source: str | Path = "<recipe>") -> ModelShape:
+    """Layers and thoughts from a preset or a checkpoint's base config, without weights."""
+    if section.kind is None:
+        return _preset(section, source).shape
+    from transformers import AutoConfig
+
+    from nnpatch.models.hub import resolve_folder
+
+    try:
+        if not section.base:
+            raise ModelError("model.base: required for checkpoints")
+        folder = resolve_folder(section.base, "model.base", ["config.json"], section.revision)
+        config = AutoConfig.from_pretrained(folder)
+    except ModelError as err:
+        raise ModelError(f"{source}: {err}") from None
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{source}: model.base: {str(err).splitlines()[0][:160]}") from None
+    name = section.checkpoint or section.base
+    return ModelShape(name, config.num_hidden_layers, section.num_thoughts or 6)
 
 
 def _preset(section: ModelSection, source: str | Path) -> ThoughtModel:
@@ -63,4 +92,4 @@ def _device(name: str, source: str | Path) -> torch.device:
     return device
 
 
-__all__ = ["ThoughtModel", "build_model"]
+__all__ = ["ModelShape", "ThoughtModel", "build_model", "model_shape"]

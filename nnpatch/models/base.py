@@ -29,6 +29,19 @@ class Cell:
     tuple_output: bool  # the module returns a tuple whose first element is patched
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What a recipe's cells are checked against: known without loading any weights."""
+
+    name: str
+    num_layers: int
+    num_thoughts: int
+
+    def position_labels(self) -> list[str]:
+        """Every patchable position, in sequence order: bot, 0..K-1, eot."""
+        return ["bot", *map(str, range(self.num_thoughts)), "eot"]
+
+
 @dataclass
 class Encoded:
     """A batch ready for the recurrent forward: receiver questions, both answers of each pair."""
@@ -86,9 +99,12 @@ class ThoughtModel:
     def dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype
 
+    @property
+    def shape(self) -> ModelShape:
+        return ModelShape(self.name, self.num_layers, self.num_thoughts)
+
     def position_labels(self) -> list[str]:
-        """Every patchable position, in sequence order: bot, 0..K-1, eot."""
-        return ["bot", *map(str, range(self.num_thoughts)), "eot"]
+        return self.shape.position_labels()
 
     def cell(self, site: str, layer: int | None, position: str) -> Cell:
         """Locate the activation of one (site, layer, position) cell in the forward."""

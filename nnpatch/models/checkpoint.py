@@ -99,8 +99,10 @@ def merge_lora(
             continue
         a, b = state[a_key].float(), state[b_key].float()
         if rank is not None and a.shape[0] != rank:
-            raise ModelError(f"{report.file}: {a_key} has rank {a.shape[0]}, the recipe says "
-                             f"model.lora_r = {rank}; fix model.lora_r")
+            raise ModelError(
+                f"{report.file}: {a_key} has rank {a.shape[0]}, the recipe says "
+                f"model.lora_r = {rank}; fix model.lora_r"
+            )
         delta = (b @ a) * (alpha / a.shape[0])
         if _is_conv1d(lm, module):
             delta = delta.T
@@ -118,8 +120,12 @@ def _is_conv1d(lm: nn.Module, module: str) -> bool:
         return False
 
 
-def load_exactly(module: nn.Module, state: dict[str, torch.Tensor], report: KeyReport,
-                 tied: set[str] = frozenset()) -> None:
+def load_exactly(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    report: KeyReport,
+    tied: set[str] = frozenset(),
+) -> None:
     """Account for every key, then load with strict=True (tied keys may be absent)."""
     expected = set(module.state_dict())
     given = set(state)

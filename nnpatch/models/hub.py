@@ -24,8 +24,11 @@ def resolve_folder(ref: str, field: str, patterns: list[str], revision: str | No
     from huggingface_hub import constants, snapshot_download
 
     try:
-        return Path(snapshot_download(ref, revision=revision, allow_patterns=patterns,
-                                      local_files_only=True))
+        return Path(
+            snapshot_download(
+                ref, revision=revision, allow_patterns=patterns, local_files_only=True
+            )
+        )
     except Exception:  # noqa: BLE001 - not cached: try the hub below
         pass
     try:

@@ -21,8 +21,14 @@ from nnpatch.models.hub import resolve_folder, weights_file
 CODI_PREFIX = "codi.base_model.model."
 COCONUT_PREFIX = "base_causallm."
 COCONUT_TOKENS = ["<|start-latent|>", "<|end-latent|>", "<|latent|>"]  # the order run.py adds
-BASE_FILES = ["config.json", "tokenizer*", "special_tokens_map.json", "*.model", "vocab*",
-              "merges.txt"]
+BASE_FILES = [
+    "config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "*.model",
+    "vocab*",
+    "merges.txt",
+]
 WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin"]
 
 
@@ -31,8 +37,10 @@ def _base(section):
     from transformers import AutoConfig, AutoTokenizer
 
     if not section.base:
-        raise ModelError("model.base: required for checkpoints (the base model's config and "
-                         "tokenizer, e.g. meta-llama/Llama-3.2-1B-Instruct)")
+        raise ModelError(
+            "model.base: required for checkpoints (the base model's config and "
+            "tokenizer, e.g. meta-llama/Llama-3.2-1B-Instruct)"
+        )
     folder = resolve_folder(section.base, "model.base", BASE_FILES, section.revision)
     try:
         return AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
@@ -74,10 +82,17 @@ def load_codi(section) -> ThoughtModel:
     report.missing = [CODI_PREFIX + k for k in report.missing]
     report.unexpected = [CODI_PREFIX + k if "lora_" in k else k for k in report.unexpected]
     prj_dim = section.prj_dim or _rows(prj_state.get("1.weight"), 2 * config.hidden_size)
-    module = CodiModel(lm, Projection(config.hidden_size, prj_dim), section.num_thoughts or 6,
-                       bot_id=vocab + 1, eot_id=vocab + 2, pad_id=vocab)
-    combined = {f"lm.{k}": v for k, v in merged.items()} | {f"prj.{k}": v
-                                                            for k, v in prj_state.items()}
+    module = CodiModel(
+        lm,
+        Projection(config.hidden_size, prj_dim),
+        section.num_thoughts or 6,
+        bot_id=vocab + 1,
+        eot_id=vocab + 2,
+        pad_id=vocab,
+    )
+    combined = {f"lm.{k}": v for k, v in merged.items()} | {
+        f"prj.{k}": v for k, v in prj_state.items()
+    }
     load_exactly(module, combined, report, _tied(config))
     lm.tie_weights()
     return ThoughtModel(module, tokenizer, section.checkpoint, key_report=report)
@@ -90,24 +105,41 @@ def load_coconut(section) -> ThoughtModel:
     tokenizer.add_tokens(COCONUT_TOKENS)
     start, end, _latent = tokenizer.convert_tokens_to_ids(COCONUT_TOKENS)
     lm = _language_model(config, len(tokenizer))
-    lm_state = {k[len(COCONUT_PREFIX) :]: v for k, v in state.items()
-                if k.startswith(COCONUT_PREFIX)}
+    lm_state = {
+        k[len(COCONUT_PREFIX) :]: v for k, v in state.items() if k.startswith(COCONUT_PREFIX)
+    }
     alias = state.get("embedding.weight")
     if alias is not None:
         embed_key = _input_embedding_key(lm)
         if embed_key not in lm_state or not torch.equal(alias, lm_state[embed_key]):
-            raise ModelError(f"{path}: embedding.weight differs from {COCONUT_PREFIX}{embed_key}; "
-                             "Coconut saves the input embeddings twice, and they must agree")
+            raise ModelError(
+                f"{path}: embedding.weight differs from {COCONUT_PREFIX}{embed_key}; "
+                "Coconut saves the input embeddings twice, and they must agree"
+            )
         report.ignored.append("embedding.weight")
-    report.unexpected += [k for k in state
-                          if not k.startswith(COCONUT_PREFIX) and k != "embedding.weight"]
+    report.unexpected += [
+        k for k in state if not k.startswith(COCONUT_PREFIX) and k != "embedding.weight"
+    ]
     eos = tokenizer.eos_token_id
-    module = CodiModel(lm, nn.Identity(), section.num_thoughts or 6, bot_id=start, eot_id=end,
-                       pad_id=eos, text_vocab=config.vocab_size)
+    module = CodiModel(
+        lm,
+        nn.Identity(),
+        section.num_thoughts or 6,
+        bot_id=start,
+        eot_id=end,
+        pad_id=eos,
+        text_vocab=config.vocab_size,
+    )
     load_exactly(module, {f"lm.{k}": v for k, v in lm_state.items()}, report, _tied(config))
     lm.tie_weights()
-    return ThoughtModel(module, tokenizer, section.checkpoint, answer_prefix="###",
-                        question_suffix="\n", key_report=report)
+    return ThoughtModel(
+        module,
+        tokenizer,
+        section.checkpoint,
+        answer_prefix="###",
+        question_suffix="\n",
+        key_report=report,
+    )
 
 
 def _input_embedding_key(lm: nn.Module) -> str:

@@ -1,0 +1,37 @@
+"""`nnpatch inspect`: what a recipe's model is, as nnpatch will run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnpatch.errors import ModelError
+from nnpatch.models import build_model
+from nnpatch.models.base import SITES
+from nnpatch.recipe import Recipe
+
+
+def describe(recipe: Recipe, source: str | Path) -> str:
+    """A few lines on the model; a model that cannot be loaded here says what is missing."""
+    section = recipe.model
+    what = section.preset or f"{section.kind} checkpoint {section.checkpoint} (base {section.base})"
+    try:
+        model = build_model(section, source)
+    except ModelError as err:
+        raise ModelError(f"cannot load the model ({what}): {err}") from None
+    module = model.module
+    config = module.lm.config
+    params = sum(p.numel() for p in module.parameters())
+    lines = [
+        f"model {model.name}: {config.model_type}, {model.num_layers} layers, "
+        f"hidden {config.hidden_size}, {params / 1e6:.2f}M parameters, {model.dtype}, "
+        f"{model.device}",
+        f"thoughts: {model.num_thoughts}; positions: {', '.join(model.position_labels())}",
+        f"sites: {', '.join(SITES)} (thought = the projection's output, no layers)",
+        f"ids: bot {module.bot_id}, eot {module.eot_id}, pad {module.pad_id}, "
+        f"eos {model.eos_id}; text vocabulary {module.text_vocab}",
+        f"answers read after {model.answer_prefix!r}",
+    ]
+    if model.key_report is not None:
+        lines.append("checkpoint keys:")
+        lines += [f"  {line}" for line in model.key_report.lines()]
+    return "\n".join(lines)

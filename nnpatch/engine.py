@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import nnsight
 import torch
-from nnsight import NNsight
 
 from nnpatch import metrics as M
 from nnpatch.errors import PairsError
@@ -44,20 +43,21 @@ class Baselines:
 
 
 @dataclass
-class Edit:
-    """One indexed write inside the trace: rows × one token of one module call."""
+class Op:
+    """One read or indexed write inside the trace: some rows × one token of one module call."""
 
+    key: tuple[int | None, str]  # (layer, position)
     path: str
-    token: int
     tuple_output: bool
     rows: torch.Tensor  # [n]
-    values: torch.Tensor  # [n, d]
+    tokens: torch.Tensor  # [n] token index of the cell in each row
+    values: torch.Tensor | None  # [n, d] to write, or None to read
 
 
 class Engine:
     def __init__(self, model: ThoughtModel, site: str, direction: str, metric_names: list[str]):
         self.model = model
-        self.traced = NNsight(model.module)
+        self.traced = model.traced()
         self.site = site
         self.direction = direction
         self.metric_names = metric_names
@@ -148,22 +148,12 @@ class Engine:
             pairs[i].corrupted_question for i in index
         ]
         encoded, targets = self._encode(questions, answers, index + index)
-        donor_rows = slice(0, n) if self.direction == "denoise" else slice(n, 2 * n)
-        located = {cell: self.model.cell(self.site, *cell) for cell in cells}
-        by_call: dict[int, list[tuple[tuple[int | None, str], Cell]]] = defaultdict(list)
-        for key, cell in sorted(located.items(), key=lambda kv: _visit_order(kv[0], kv[1])):
-            by_call[cell.call].append((key, cell))
-        traced = self.traced
-        with torch.no_grad(), traced.trace(*encoded.args()) as tracer:
-            donor = {}
-            for call in tracer.iter[sorted(by_call)]:
-                for key, cell in by_call[call]:
-                    out = _envoy(traced, cell.path).output
-                    value = out[0] if cell.tuple_output else out
-                    donor[key] = value[donor_rows, cell.token].clone()
-            result = tracer.result
-            s = M.score(result[0], result[1], targets)
-            scores = {
+        donor_rows = list(range(n)) if self.direction == "denoise" else list(range(n, 2 * n))
+        ops = self._ops(encoded, {key: (donor_rows, None) for key in cells})
+
+        def split(logits_clean: torch.Tensor, logits_corrupt: torch.Tensor) -> dict:
+            s = M.score(logits_clean, logits_corrupt, targets)
+            return {
                 "clean_logits": s.logits[:n],
                 "corrupt_logits": s.logits[n:],
                 "clean_ld": s.logit_diff[:n],
@@ -173,8 +163,9 @@ class Engine:
                 "corrupt_lp_clean": s.logprob_clean[n:],
                 "corrupt_lp_corrupt": s.logprob_corrupt[n:],
             }
-            recorded = nnsight.save({"scores": scores, "donor": donor})
-        return recorded
+
+        scores, donor = self._run(encoded, ops, split)
+        return {"scores": scores, "donor": donor}
 
     # ---- pass 2: patched rows ------------------------------------------------------------
     def patch(
@@ -204,36 +195,70 @@ class Engine:
         side = "corrupted_question" if self.direction == "denoise" else "clean_question"
         encoded, targets = self._encode([getattr(pairs[i], side) for i in index], answers, index)
         refs = _select(baselines.references, torch.tensor(index, device=self.model.device))
-        by_call = self._edits(batch, baselines)
-        traced, names = self.traced, self.metric_names
-        with torch.no_grad(), traced.trace(*encoded.args()) as tracer:
-            for call in tracer.iter[sorted(by_call)]:
-                for edit in by_call[call]:
-                    out = _envoy(traced, edit.path).output
-                    value = out[0] if edit.tuple_output else out
-                    value[edit.rows, edit.token] = edit.values
-            result = tracer.result
-            values = nnsight.save(M.compute(names, M.score(result[0], result[1], targets), refs))
-        return values
-
-    def _edits(
-        self, batch: list[tuple[PatchSpec, int]], baselines: Baselines
-    ) -> dict[int, list[Edit]]:
-        """Group the batch's writes by module call, in the order the forward visits them."""
-        rows_by_cell: dict[tuple[int | None, str], list[tuple[int, int]]] = defaultdict(list)
+        rows_by_cell: dict[tuple[int | None, str], tuple[list[int], list[int]]] = defaultdict(
+            lambda: ([], [])
+        )
         for row, (spec, pair) in enumerate(batch):
             for position in spec.positions:
-                rows_by_cell[(spec.layer, position)].append((row, pair))
+                rows, donors = rows_by_cell[(spec.layer, position)]
+                rows.append(row)
+                donors.append(pair)
         device = self.model.device
-        by_call: dict[int, list[Edit]] = defaultdict(list)
-        located = {key: self.model.cell(self.site, *key) for key in rows_by_cell}
-        for key in sorted(rows_by_cell, key=lambda k: _visit_order(k, located[k])):
-            cell = located[key]
-            rows = torch.tensor([r for r, _ in rows_by_cell[key]], device=device)
-            donor_index = torch.tensor([p for _, p in rows_by_cell[key]], device=device)
-            values = baselines.donor[key].index_select(0, donor_index)
-            by_call[cell.call].append(Edit(cell.path, cell.token, cell.tuple_output, rows, values))
+        writes = {
+            key: (rows, baselines.donor[key].index_select(0, torch.tensor(donors, device=device)))
+            for key, (rows, donors) in rows_by_cell.items()
+        }
+        names = self.metric_names
+
+        def metrics(logits_clean: torch.Tensor, logits_corrupt: torch.Tensor) -> torch.Tensor:
+            return M.compute(names, M.score(logits_clean, logits_corrupt, targets), refs)
+
+        values, _ = self._run(encoded, self._ops(encoded, writes), metrics)
+        return values
+
+    # ---- the traced forward ----------------------------------------------------------------
+    def _ops(self, encoded: Encoded, cells: dict) -> dict[int, list[Op]]:
+        """Reads (values None) or writes per cell, grouped by module call in forward order.
+
+        `cells` maps (layer, position) to (rows, values or None). A model that runs each
+        row more than once (plain LMs score the two answers on separate copies) gets every
+        write on every copy.
+        """
+        device = self.model.device
+        copies = self.model.row_copies
+        batch = encoded.offsets.shape[0] // copies
+        by_call: dict[int, list[Op]] = defaultdict(list)
+        located = {key: self.model.cell(self.site, *key) for key in cells}
+        for key in sorted(cells, key=lambda k: _visit_order(k, located[k])):
+            cell, (rows, values) = located[key], cells[key]
+            rows_t = torch.tensor(rows, device=device)
+            if values is not None and copies > 1:
+                rows_t = torch.cat([rows_t + copy * batch for copy in range(copies)])
+                values = values.repeat(copies, 1)
+            tokens = encoded.offsets[rows_t] + cell.token
+            by_call[cell.call].append(Op(key, cell.path, cell.tuple_output, rows_t, tokens, values))
         return by_call
+
+    def _run(self, encoded: Encoded, by_call: dict[int, list[Op]], reduce: Callable):
+        """One traced forward: apply the ops, reduce the answer logits on the device.
+
+        Only `reduce`'s result and the reads leave the trace, never the logits.
+        """
+        traced, model = self.traced, self.model
+        args, kwargs = model.trace_inputs(encoded)
+        with torch.no_grad(), traced.trace(*args, **kwargs) as tracer:
+            read = {}
+            for call in tracer.iter[sorted(by_call)]:
+                for op in by_call[call]:
+                    out = _envoy(traced, op.path).output
+                    value = out[0] if op.tuple_output else out
+                    if op.values is None:
+                        read[op.key] = value[op.rows, op.tokens].clone()
+                    else:
+                        value[op.rows, op.tokens] = op.values
+            logits_clean, logits_corrupt = model.answer_logits(tracer.result, encoded)
+            out = nnsight.save((reduce(logits_clean, logits_corrupt), read))
+        return out
 
 
 def _visit_order(key: tuple[int | None, str], cell: Cell) -> tuple[int, int]:
@@ -241,7 +266,7 @@ def _visit_order(key: tuple[int | None, str], cell: Cell) -> tuple[int, int]:
     return (cell.call, -1 if key[0] is None else key[0])
 
 
-def _envoy(root: NNsight, path: str):
+def _envoy(root, path: str):
     node = root
     for part in path.split("."):
         node = node[int(part)] if part.isdigit() else getattr(node, part)

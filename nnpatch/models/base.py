@@ -53,6 +53,7 @@ class Encoded:
     corrupt_answer: torch.Tensor  # [B, A']
     clean_mask: torch.Tensor  # [B, A] 1 on real answer tokens
     corrupt_mask: torch.Tensor  # [B, A']
+    offsets: torch.Tensor  # [rows] added to a cell's token index (zeros: fixed positions)
 
     def args(self) -> tuple[torch.Tensor, ...]:
         return (
@@ -161,8 +162,25 @@ class ThoughtModel:
         prefix = torch.tensor(self.prefix_ids())
         clean, clean_mask = pad_rows(clean_answers, pad, left=False)
         corrupt, corrupt_mask = pad_rows(corrupt_answers, pad, left=False)
-        tensors = (input_ids, mask, prefix, clean, corrupt, clean_mask, corrupt_mask)
+        offsets = torch.zeros(len(questions), dtype=torch.long)
+        tensors = (input_ids, mask, prefix, clean, corrupt, clean_mask, corrupt_mask, offsets)
         return Encoded(*(t.to(self.device) for t in tensors))
+
+    # ---- how the engine traces this model ------------------------------------------------
+    row_copies = 1  # forward rows per encoded row
+
+    def traced(self):
+        """The nnsight wrapper the engine traces: the recurrent module itself."""
+        from nnsight import NNsight
+
+        return NNsight(self.module)
+
+    def trace_inputs(self, encoded: Encoded) -> tuple[tuple, dict]:
+        return encoded.args(), {}
+
+    def answer_logits(self, result, encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """The module already returns (clean, corrupted) teacher-forced answer logits."""
+        return result[0], result[1]
 
 
 def pad_rows(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

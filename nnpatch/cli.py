@@ -101,6 +101,41 @@ def inspect(recipe: str, overrides: tuple[str, ...]) -> None:
         click.echo(describe(loaded, recipe))
 
 
+@main.group()
+def pairs() -> None:
+    """Make clean/corrupted pair files."""
+
+
+@pairs.command("gsm8k")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A GSM8K JSONL file (question, answer with <<...>> annotations).",
+)
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the pairs (JSONL).",
+)
+@click.option("--n", type=click.IntRange(min=1), help="Stop after N pairs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def pairs_gsm8k(input_path: str, out_path: str, n: int | None, seed: int) -> None:
+    """Change one number per GSM8K problem and recompute its answer through the annotations.
+
+    Problems where that is ambiguous are skipped; the counts say why.
+    """
+    from nnpatch.pairs.gsm8k import describe_counts, make_pairs, read_gsm8k, write_pairs_jsonl
+
+    with _errors():
+        records, counts = make_pairs(read_gsm8k(input_path), n=n, seed=seed)
+        write_pairs_jsonl(records, out_path)
+        click.echo(f"{out_path}: {len(records)} pairs; {describe_counts(counts)}")
+
+
 def _progress(total: int):
     from tqdm import tqdm
 

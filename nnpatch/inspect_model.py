@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from nnpatch.errors import ModelError
 from nnpatch.models import build_model
 from nnpatch.models.base import SITES
@@ -14,6 +16,16 @@ def describe(recipe: Recipe, source: str | Path) -> str:
     """A few lines on the model; a model that cannot be loaded here says what is missing."""
     section = recipe.model
     what = section.preset or f"{section.kind} checkpoint {section.checkpoint} (base {section.base})"
+    notes = []
+    if section.device.startswith("cuda") and not torch.cuda.is_available():
+        notes.append(
+            f"note: model.device is {section.device!r} but CUDA is not available here; "
+            "inspecting on the CPU"
+        )
+        section = section.model_copy(update={"device": "cpu"})
+    missing = _unavailable(section)
+    if missing:
+        raise ModelError(f"{source}: cannot load the model ({what}): " + " | ".join(missing))
     try:
         model = build_model(section, source)
     except ModelError as err:
@@ -22,6 +34,7 @@ def describe(recipe: Recipe, source: str | Path) -> str:
     config = module.lm.config
     params = sum(p.numel() for p in module.parameters())
     lines = [
+        *notes,
         f"model {model.name}: {config.model_type}, {model.num_layers} layers, "
         f"hidden {config.hidden_size}, {params / 1e6:.2f}M parameters, {model.dtype}, "
         f"{model.device}",
@@ -35,3 +48,26 @@ def describe(recipe: Recipe, source: str | Path) -> str:
         lines.append("checkpoint keys:")
         lines += [f"  {line}" for line in model.key_report.lines()]
     return "\n".join(lines)
+
+
+def _unavailable(section) -> list[str]:
+    """Every checkpoint folder of the recipe that cannot be found here, each with its fix."""
+    if section.kind is None:
+        return []
+    from nnpatch.models.hub import resolve_folder
+
+    missing = []
+    for field, ref in (("model.base", section.base), ("model.checkpoint", section.checkpoint)):
+        if not ref:
+            missing.append(f"{field}: not set")
+            continue
+        try:
+            resolve_folder(
+                ref,
+                field,
+                ["config.json", "*.safetensors", "*.bin", "checkpoint_*"],
+                section.revision,
+            )
+        except ModelError as err:
+            missing.append(str(err))
+    return missing

@@ -52,7 +52,9 @@ class ModelSection(Strict):
 
 
 class DataSection(Strict):
-    pairs: str = Field(min_length=1)
+    pairs: str = Field(min_length=1)  # a JSONL file, a built-in set, or a generator ("gsm8k")
+    source: str | None = None  # the generator's input file (gsm8k: a GSM8K JSONL file)
+    seed: int = 0  # the generator's seed
     limit: int | None = Field(default=None, ge=1)
 
 

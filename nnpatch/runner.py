@@ -21,7 +21,7 @@ from nnpatch import rundir
 from nnpatch.engine import Engine, PairAnswers
 from nnpatch.errors import ModelError, PairsError, RecipeError
 from nnpatch.models import ModelShape, ThoughtModel, build_model, model_shape
-from nnpatch.pairs import Pair, load_pairs
+from nnpatch.pairs import Pair, load_pair_set
 from nnpatch.plan import PatchSpec, build_plan
 from nnpatch.recipe import Recipe, load_recipe
 from nnpatch.results import baselines_table, results_table, summarize
@@ -34,7 +34,7 @@ class Prepared:
     overrides: list[str]
     model: ThoughtModel
     pairs: list[Pair]
-    pairs_read: int
+    pair_counts: dict[str, int]
     plan: list[PatchSpec]
     engine: Engine
     answers: PairAnswers
@@ -62,7 +62,7 @@ def prepare(
         overrides.append(f"data.limit={limit}")
     if output is not None:
         overrides.append(f"run.output={json.dumps(str(output))}")
-    recipe, pairs, read = _recipe_and_pairs(source, overrides)
+    recipe, pairs, counts = _recipe_and_pairs(source, overrides)
     torch.manual_seed(recipe.run.seed)
     model = build_model(recipe.model, source)
     plan = build_plan(recipe, model.shape, source)
@@ -71,7 +71,7 @@ def prepare(
         answers = engine.answers(pairs)
     except PairsError as err:
         raise RecipeError(source, "data.pairs", str(err)) from None
-    return Prepared(recipe, source, overrides, model, pairs, read, plan, engine, answers)
+    return Prepared(recipe, source, overrides, model, pairs, counts, plan, engine, answers)
 
 
 @dataclass
@@ -97,14 +97,14 @@ def check(path: str | Path, overrides: list[str] = ()) -> Checked:
     return Checked(recipe, len(pairs), shape, build_plan(recipe, shape, source), [])
 
 
-def _recipe_and_pairs(source: Path, overrides: list[str]) -> tuple[Recipe, list[Pair], int]:
+def _recipe_and_pairs(source: Path, overrides: list[str]) -> tuple[Recipe, list[Pair], dict]:
     recipe = load_recipe(source, overrides)
+    data = recipe.data
     try:
-        pairs = load_pairs(recipe.data.pairs, source.parent)
+        pairs, counts = load_pair_set(data.pairs, source.parent, data.limit, data.source, data.seed)
     except PairsError as err:
         raise RecipeError(source, "data.pairs", str(err)) from None
-    read = len(pairs)
-    return recipe, pairs[: recipe.data.limit] if recipe.data.limit else pairs, read
+    return recipe, pairs, counts
 
 
 def execute(
@@ -237,10 +237,6 @@ def base_manifest(prep: Prepared) -> dict:
             "parameters": sum(p.numel() for p in model.module.parameters()),
         },
         "seed": prep.recipe.run.seed,
-        "pairs": {
-            "source": prep.recipe.data.pairs,
-            "read": prep.pairs_read,
-            "kept": len(prep.pairs),
-        },
+        "pairs": {"source": prep.recipe.data.pairs, **prep.pair_counts},
         "patches_per_pair": len(prep.plan),
     }

@@ -14,7 +14,9 @@ from nnpatch.cli import main
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["validate"]])
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["validate"], ["inspect"], ["pairs"], ["pairs", "gsm8k"]]
+)
 def test_every_command_has_help(command):
     """--help works on the group and on each command."""
     result = CliRunner().invoke(main, [*command, "--help"])
@@ -152,3 +154,33 @@ def test_hub_recipe_offline_validates_and_inspect_explains(monkeypatch, tmp_path
     result = CliRunner().invoke(main, ["inspect", str(recipe)])
     assert result.exit_code == 2
     assert "`hf download meta-llama/Llama-3.2-1B`" in result.output
+
+
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+@pytest.mark.parametrize("name", ["position", "layer", "chained"])
+def test_gsm8k_llama1b_recipes_validate_offline(monkeypatch, tmp_path, name):
+    """The original experiment's recipes validate with no hub: 57 generated GSM8K pairs."""
+    if not GSM8K.exists():
+        pytest.skip("GSM8K data not beside the repo")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    recipe = ROOT / "recipes" / "gsm8k-llama1b" / f"{name}.toml"
+    result = CliRunner().invoke(main, ["validate", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "57 pairs" in result.output and "hf download meta-llama/Llama-3.2-1B" in result.output
+
+
+def test_pairs_gsm8k_command(tmp_path):
+    """nnpatch pairs gsm8k writes JSONL pairs and reports the yield."""
+    if not GSM8K.exists():
+        pytest.skip("GSM8K data not beside the repo")
+    out = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(
+        main, ["pairs", "gsm8k", "--input", str(GSM8K), "--out", str(out), "--n", "5"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and {"source_index", "old_value", "new_value"} <= set(rows[0])
+    assert "kept 5/" in result.output

@@ -9,12 +9,43 @@ from nnpatch.errors import PairsError
 from nnpatch.pairs.builtin import BUILTIN
 from nnpatch.pairs.schema import FIELDS, Pair
 
+GENERATORS = ("gsm8k",)
+
 
 def load_pairs(source: str, base_dir: Path, limit: int | None = None) -> list[Pair]:
     """Pairs from a built-in set's name or a JSONL path (relative paths: to `base_dir`)."""
-    pairs = BUILTIN[source]() if source in BUILTIN else read_jsonl(_resolve(source, base_dir))
-    check_pairs(pairs, source)
-    return pairs[:limit] if limit else pairs
+    pairs, _ = load_pair_set(source, base_dir, limit)
+    return pairs
+
+
+def load_pair_set(
+    name: str,
+    base_dir: Path,
+    limit: int | None = None,
+    source: str | None = None,
+    seed: int = 0,
+) -> tuple[list[Pair], dict[str, int]]:
+    """Pairs and how they were obtained: read, generated, skipped (by reason), kept.
+
+    `name` is a built-in set, a generator ("gsm8k", reading `source`) or a JSONL path;
+    relative paths are resolved against `base_dir` (the recipe's folder).
+    """
+    if name in GENERATORS:
+        if not source:
+            raise PairsError(f"{name!r} generates pairs from a file: set data.source to it")
+        from nnpatch.pairs.gsm8k import make_pairs, read_gsm8k
+
+        records, counts = make_pairs(read_gsm8k(_resolve(source, base_dir)), n=limit, seed=seed)
+        pairs = [Pair(**{k: str(r[k]) for k in FIELDS}) for r in records]
+        counts = {**counts, "generated": len(pairs)}
+    else:
+        pairs = BUILTIN[name]() if name in BUILTIN else read_jsonl(_resolve(name, base_dir))
+        counts = {"read": len(pairs)}
+    check_pairs(pairs, name)
+    if not pairs:
+        raise PairsError(f"{name!r} gave no pairs; check data.source")
+    pairs = pairs[:limit] if limit else pairs
+    return pairs, {**counts, "kept": len(pairs)}
 
 
 def _resolve(source: str, base_dir: Path) -> Path:
@@ -22,10 +53,10 @@ def _resolve(source: str, base_dir: Path) -> Path:
     if not path.is_absolute():
         path = base_dir / path
     if not path.is_file():
-        known = ", ".join(BUILTIN)
+        known = ", ".join((*BUILTIN, *GENERATORS))
         raise PairsError(
-            f"{source!r} is neither a file (looked at {path}) nor a built-in set "
-            f"({known}); give a JSONL path relative to the recipe's folder"
+            f"{source!r} is neither a file (looked at {path}) nor a built-in set or generator "
+            f"({known}); give a path relative to the recipe's folder"
         )
     return path
 

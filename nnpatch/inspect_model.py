@@ -31,19 +31,28 @@ def describe(recipe: Recipe, source: str | Path) -> str:
     except ModelError as err:
         raise ModelError(f"cannot load the model ({what}): {err}") from None
     module = model.module
-    config = module.lm.config
+    config = getattr(module, "lm", module).config
     params = sum(p.numel() for p in module.parameters())
     lines = [
         *notes,
         f"model {model.name}: {config.model_type}, {model.num_layers} layers, "
         f"hidden {config.hidden_size}, {params / 1e6:.2f}M parameters, {model.dtype}, "
         f"{model.device}",
-        f"thoughts: {model.num_thoughts}; positions: {', '.join(model.position_labels())}",
-        f"sites: {', '.join(SITES)} (thought = the projection's output, no layers)",
-        f"ids: bot {module.bot_id}, eot {module.eot_id}, pad {module.pad_id}, "
-        f"eos {model.eos_id}; text vocabulary {module.text_vocab}",
-        f"answers read after {model.answer_prefix!r}",
     ]
+    if hasattr(module, "bot_id"):
+        lines += [
+            f"thoughts: {model.num_thoughts}; positions: {', '.join(model.position_labels())}",
+            f"sites: {', '.join(SITES)} (thought = the projection's output, no layers)",
+            f"ids: bot {module.bot_id}, eot {module.eot_id}, pad {module.pad_id}, "
+            f"eos {model.eos_id}; text vocabulary {module.text_vocab}",
+        ]
+    else:
+        lines += [
+            f"sites: {', '.join(model.sites)}; positions: token indices of the span marked "
+            f"{recipe.data.span_markers[0]} ... {recipe.data.span_markers[1]} in each prompt",
+            f"ids: pad {model.pad_id}, eos {model.eos_id}",
+        ]
+    lines.append(f"answers read after {model.answer_prefix!r}")
     if model.key_report is not None:
         lines.append("checkpoint keys:")
         lines += [f"  {line}" for line in model.key_report.lines()]

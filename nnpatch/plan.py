@@ -25,6 +25,13 @@ def build_plan(
 ) -> list[PatchSpec]:
     """Every row of the sweep, in a stable order (layer-major, then positions)."""
     patch = recipe.patch
+    if patch.site not in model.sites:
+        raise RecipeError(
+            source,
+            "patch.site",
+            f"{model.name} has no site {patch.site!r}",
+            f"use one of {', '.join(model.sites)}",
+        )
     layers = _layers(recipe, model, source)
     order = model.position_labels()
     selected = _positions(patch.positions, model, source, "patch.positions")
@@ -92,13 +99,21 @@ def _positions(positions: object, model: ModelShape, source: str | Path, field: 
     if positions == "all":
         return [p for p in order if p.isdigit()]
     top = model.num_thoughts - 1
+    kind = "thought" if model.named_positions else "span token"
     labels = []
     for position in positions:  # type: ignore[attr-defined]
+        if isinstance(position, str) and position not in order:
+            raise RecipeError(
+                source,
+                field,
+                f"{model.name} has no position {position!r}",
+                "plain causal LMs patch span token indices 0..S-1",
+            )
         if isinstance(position, int) and not 0 <= position <= top:
             raise RecipeError(
                 source,
                 field,
-                f"thought position {position} is out of range for {model.name} (thoughts 0..{top})",
+                f"{kind} position {position} is out of range for {model.name} ({kind}s 0..{top})",
                 "use 0..K-1, 'bot' or 'eot'",
             )
         labels.append(str(position))

@@ -41,6 +41,7 @@ class ModelSection(Strict):
     prj_dim: int | None = Field(default=None, ge=1)
     lora_r: int | None = Field(default=None, ge=1)
     lora_alpha: float = Field(default=32, gt=0)
+    answer_prefix: str | None = None  # causal_lm: text before the answer (default "The answer is:")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
 
@@ -55,6 +56,7 @@ class DataSection(Strict):
     pairs: str = Field(min_length=1)  # a JSONL file, a built-in set, or a generator ("gsm8k")
     source: str | None = None  # the generator's input file (gsm8k: a GSM8K JSONL file)
     seed: int = 0  # the generator's seed
+    span_markers: tuple[str, str] = ("[[", "]]")  # causal_lm: the patched span in each prompt
     limit: int | None = Field(default=None, ge=1)
 
 

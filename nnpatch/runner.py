@@ -65,6 +65,11 @@ def prepare(
     recipe, pairs, counts = _recipe_and_pairs(source, overrides)
     torch.manual_seed(recipe.run.seed)
     model = build_model(recipe.model, source)
+    try:
+        if hasattr(model, "bind_pairs"):  # plain LMs: span positions come from the pairs
+            model.bind_pairs(pairs, recipe.data.span_markers)
+    except PairsError as err:
+        raise RecipeError(source, "data.pairs", str(err)) from None
     plan = build_plan(recipe, model.shape, source)
     try:
         engine = Engine(model, recipe.patch.site, recipe.patch.direction, recipe.metrics.names)
@@ -195,7 +200,7 @@ def resolved(prep: Prepared) -> dict:
             "model": {
                 "name": model.name,
                 "num_layers": model.num_layers,
-                "num_thoughts": model.num_thoughts,
+                "positions": model.position_labels(),
                 "dtype": str(model.dtype),
                 "device": str(model.device),
             },
@@ -233,7 +238,7 @@ def base_manifest(prep: Prepared) -> dict:
             "dtype": str(model.dtype),
             "device": str(model.device),
             "num_layers": model.num_layers,
-            "num_thoughts": model.num_thoughts,
+            "positions": model.position_labels(),
             "parameters": sum(p.numel() for p in model.module.parameters()),
         },
         "seed": prep.recipe.run.seed,

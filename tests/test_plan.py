@@ -44,7 +44,10 @@ def test_thought_site_has_no_layers(tmp_path, llama):
     ("patch", "match"),
     [
         ({"mode": "single", "layers": [4]}, r"patch\.layers: layer 4 is out of range .*0\.\.3"),
-        ({"mode": "single", "positions": [6]}, r"patch\.positions: thought position 6 .*0\.\.5"),
+        (
+            {"mode": "single", "positions": [6]},
+            r"patch\.positions: thought position 6 .*thoughts 0\.\.5",
+        ),
         ({"mode": "sets", "sets": [[0], [9]]}, r"patch\.sets\.1: thought position 9"),
         ({"mode": "single", "site": "thought", "positions": ["bot"]}, r"patch\.positions: site"),
         ({"mode": "single", "site": "thought", "layers": [0]}, r"patch\.layers: site 'thought'"),

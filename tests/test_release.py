@@ -163,6 +163,36 @@ def test_coconut_release_matches_reference(tmp_path):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
+def coconut_greedy(lm, tokenizer, question: str, steps: int, text_vocab: int) -> list[int]:
+    """Coconut's generate: full recompute each step, latents filled as in its forward."""
+    start, end, latent = tokenizer.convert_tokens_to_ids(COCONUT_TOKENS)
+    ids = tokenizer(question + "\n").input_ids + [start] + [latent] * 6 + [end]
+    embeds = lm.get_input_embeddings()(torch.tensor([ids]))
+    first = ids.index(latent)
+    tokens = []
+    with torch.no_grad():
+        for step in range(6):
+            out = lm(inputs_embeds=embeds[:, : first + step], output_hidden_states=True)
+            embeds[:, first + step] = out.hidden_states[-1][:, -1]
+        for _ in range(steps):
+            token = lm(inputs_embeds=embeds).logits[0, -1, :text_vocab].argmax()
+            tokens.append(int(token))
+            embeds = torch.cat([embeds, lm.get_input_embeddings()(token.view(1, 1))], dim=1)
+    return tokens
+
+
+def test_coconut_greedy_answers_match(tmp_path):
+    """Greedy decoding through the cached loop equals Coconut's recomputing generate."""
+    lm, tokenizer, base, path = write_coconut_release(tmp_path)
+    model = load_coconut(ModelSection(kind="coconut", base=str(base), checkpoint=str(path)))
+    encoded = model.encode([PAIR.clean_question], [[1]], [[2]])
+    with torch.no_grad():
+        tokens = model.module.generate(encoded.input_ids, encoded.attention_mask, -1, max_new=8)
+    assert tokens[0] == coconut_greedy(
+        lm, tokenizer, PAIR.clean_question, 8, model.module.text_vocab
+    )
+
+
 def test_coconut_embedding_alias_must_agree(tmp_path):
     """embedding.weight is the same tensor as wte in Coconut; a mismatch is an error."""
     _, _, base, path = write_coconut_release(tmp_path)

@@ -35,11 +35,14 @@ class ModelShape:
 
     name: str
     num_layers: int
-    num_thoughts: int
+    num_thoughts: int  # thoughts, or span tokens for plain causal LMs
+    named_positions: bool = True  # bot and eot exist (continuous-thought models)
+    sites: tuple[str, ...] = SITES
 
     def position_labels(self) -> list[str]:
         """Every patchable position, in sequence order: bot, 0..K-1, eot."""
-        return ["bot", *map(str, range(self.num_thoughts)), "eot"]
+        indices = list(map(str, range(self.num_thoughts)))
+        return ["bot", *indices, "eot"] if self.named_positions else indices
 
 
 @dataclass

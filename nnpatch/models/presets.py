@@ -55,7 +55,18 @@ def tiny_random_codi(family: str = "llama", num_thoughts: int = 6) -> ThoughtMod
     return ThoughtModel(module.float().eval(), tokenizer, name)
 
 
+def _plain(family: str):
+    def build(**kwargs):
+        from nnpatch.models.causal_lm import tiny_random_lm
+
+        return tiny_random_lm(family)
+
+    return build
+
+
 PRESETS: dict[str, Callable[..., ThoughtModel]] = {
     "tiny-random-codi": lambda **kw: tiny_random_codi("llama", **kw),
     "tiny-random-codi-gpt2": lambda **kw: tiny_random_codi("gpt2", **kw),
+    "tiny-random-gpt2": _plain("gpt2"),  # plain causal LMs: patched over a marked text span
+    "tiny-random-llama": _plain("llama"),
 }

@@ -154,4 +154,10 @@ def _rows(weight: torch.Tensor | None, default: int) -> int:
     return default if weight is None else int(weight.shape[0])
 
 
-LOADERS = {"codi": load_codi, "coconut": load_coconut}
+def _load_causal_lm(section):
+    from nnpatch.models.causal_lm import load_causal_lm
+
+    return load_causal_lm(section)
+
+
+LOADERS = {"codi": load_codi, "coconut": load_coconut, "causal_lm": _load_causal_lm}

@@ -1,0 +1,283 @@
+"""Plain causal LMs (GPT-2, Llama families) that reason in written text.
+
+The patched positions are the tokens of a marked span of the prompt, e.g. a GSM8K solution
+written between the question and the answer: `Q: ... A: [[Natalia sold 48/2 = 24 ...]]`.
+The markers are removed; the text before, inside and after them is tokenized piece by piece,
+so span token t is exactly the t-th token of the marked text. Clean and corrupted spans must
+have the same number of tokens, or the pair is rejected. A prompt without markers is one
+span: positions are then plain token indices.
+
+The engine traces these models through nnsight's TransformersModel (the wrapper nnsight can
+also send to NDIF). Each receiver row runs twice in one forward, once teacher-forcing the
+clean answer and once the corrupted one, so both whole-answer log-probabilities come from
+the same patched activations.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from nnpatch.errors import ModelError, PairsError
+from nnpatch.models.base import ANSWER_PREFIX, Cell, Encoded, ModelShape, pad_rows
+from nnpatch.models.families import Family, family_of
+
+MARKERS = ("[[", "]]")
+
+
+class CausalLM:
+    """A Hugging Face causal LM with its tokenizer, patched over a marked span."""
+
+    row_copies = 2  # each row runs with the clean and with the corrupted answer
+    sites = ("resid", "attn", "mlp")
+
+    def __init__(
+        self,
+        lm: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str,
+        answer_prefix: str = ANSWER_PREFIX,
+        markers: tuple[str, str] = MARKERS,
+    ) -> None:
+        self.module = lm.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.answer_prefix = answer_prefix
+        self.markers = markers
+        self.family: Family = family_of(lm)
+        self.span_length: int | None = None  # shortest span over the bound pairs
+        self.key_report = None
+
+    # ---- shape -----------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.module.config.num_hidden_layers
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    @property
+    def shape(self) -> ModelShape:
+        if self.span_length is None:
+            raise ModelError(f"{self.name}: span positions are known once pairs are bound")
+        return ModelShape(
+            self.name, self.num_layers, self.span_length, named_positions=False, sites=self.sites
+        )
+
+    def position_labels(self) -> list[str]:
+        return self.shape.position_labels()
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.eos_id if pad is None else pad
+
+    @property
+    def eos_id(self) -> int:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ModelError(f"{self.name}: the tokenizer has no eos token")
+        return eos
+
+    # ---- text ------------------------------------------------------------------------------
+    def pieces(self, prompt: str) -> tuple[list[int], list[int], list[int]]:
+        """Token ids before, inside and after the marked span (no markers: all span)."""
+        start, end = self.markers
+        if start not in prompt:
+            before, span, after = "", prompt, ""
+        else:
+            before, _, rest = prompt.partition(start)
+            span, found, after = rest.partition(end)
+            if not found:
+                raise PairsError(
+                    f"prompt opens the span with {start!r} but never closes it "
+                    f"with {end!r}: {prompt[:60]!r}"
+                )
+        encode = self.tokenizer
+        head = encode(before, add_special_tokens=True).input_ids
+        return (
+            head,
+            encode(span, add_special_tokens=False).input_ids,
+            encode(after, add_special_tokens=False).input_ids,
+        )
+
+    def bind_pairs(self, pairs, markers: tuple[str, str] = MARKERS) -> None:
+        """Check that each pair's clean and corrupted spans align; fix the span length."""
+        self.markers = tuple(markers)
+        lengths = []
+        for pair in pairs:
+            clean = len(self.pieces(pair.clean_question)[1])
+            corrupt = len(self.pieces(pair.corrupted_question)[1])
+            if clean != corrupt:
+                raise PairsError(
+                    f"pair {pair.id!r}: the clean span has {clean} tokens and the "
+                    f"corrupted span {corrupt}; patched spans must align token for "
+                    "token (change a number that keeps the token count)"
+                )
+            if clean == 0:
+                raise PairsError(f"pair {pair.id!r}: the marked span is empty")
+            lengths.append(clean)
+        self.span_length = min(lengths)
+
+    def answer_ids(self, answer: str) -> list[int]:
+        ids = self.tokenizer(" " + answer.strip(), add_special_tokens=False).input_ids
+        return [*ids, self.eos_id]
+
+    def prefix_ids(self) -> list[int]:
+        return self.tokenizer(" " + self.answer_prefix, add_special_tokens=False).input_ids
+
+    def cell(self, site: str, layer: int | None, position: str) -> Cell:
+        if site not in self.sites or layer is None or not position.isdigit():
+            raise ModelError(
+                f"plain causal LMs patch {'/'.join(self.sites)} at span token "
+                f"indices, not site {site!r} at position {position!r}"
+            )
+        path = self.family.site_path(site, layer)
+        return Cell(path, 0, int(position), site == "attn")
+
+    def encode(
+        self, questions: list[str], clean_answers: list[list[int]], corrupt_answers: list[list[int]]
+    ) -> Encoded:
+        """Rows [clean-answer copies; corrupted-answer copies], prompts left-padded."""
+        prefix = self.prefix_ids()
+        prompts, span_starts = [], []
+        for question in questions:
+            head, span, tail = self.pieces(question)
+            prompts.append(head + span + tail + prefix)
+            span_starts.append(len(head))
+        width = max(map(len, prompts))
+        answer_width = max(map(len, clean_answers + corrupt_answers))
+        rows = []
+        for answers in (clean_answers, corrupt_answers):
+            rows += [
+                p + a + [self.pad_id] * (answer_width - len(a))
+                for p, a in zip(prompts, answers, strict=True)
+            ]
+        input_ids, mask = pad_rows(rows, self.pad_id, left=True)
+        for i, answers in enumerate(clean_answers + corrupt_answers):  # right pads are not text
+            mask[i, mask.shape[1] - (answer_width - len(answers)) :] = 0
+        offsets = torch.tensor(
+            [width - len(p) + s for p, s in zip(prompts, span_starts, strict=True)] * 2
+        )
+        clean, clean_mask = pad_rows(clean_answers, self.pad_id, left=False)
+        corrupt, corrupt_mask = pad_rows(corrupt_answers, self.pad_id, left=False)
+        tensors = (
+            input_ids,
+            mask,
+            torch.tensor(prefix),
+            clean,
+            corrupt,
+            clean_mask,
+            corrupt_mask,
+            offsets,
+        )
+        return Encoded(*(t.to(self.device) for t in tensors))
+
+    # ---- how the engine traces this model ----------------------------------------------------
+    def traced(self):
+        from nnsight.modeling.transformers import TransformersModel
+
+        return TransformersModel(self.module, tokenizer=self.tokenizer)
+
+    def trace_inputs(self, encoded: Encoded) -> tuple[tuple, dict]:
+        mask = encoded.attention_mask
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        inputs = {"input_ids": encoded.input_ids, "attention_mask": mask, "position_ids": positions}
+        return (inputs,), {"logits_to_keep": _answer_width(encoded) + 1}
+
+    def answer_logits(self, result, encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kept logit j predicts answer token j: the answers start at the same column."""
+        logits = result.logits  # [2B, A + 1, V]
+        batch = logits.shape[0] // 2
+        return (
+            logits[:batch, : encoded.clean_answer.shape[1]],
+            logits[batch:, : encoded.corrupt_answer.shape[1]],
+        )
+
+
+def _answer_width(encoded: Encoded) -> int:
+    return max(encoded.clean_answer.shape[1], encoded.corrupt_answer.shape[1])
+
+
+def load_causal_lm(section) -> CausalLM:
+    """A Hugging Face causal LM folder or hub id; every weight must load."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nnpatch.models.hub import resolve_folder
+
+    if not section.checkpoint:
+        raise ModelError("model.checkpoint: required (a model folder or hub id)")
+    patterns = [
+        "config.json",
+        "*.safetensors",
+        "*.bin",
+        "tokenizer*",
+        "special_tokens_map.json",
+        "vocab*",
+        "merges.txt",
+        "generation_config.json",
+        "*.model",
+    ]
+    folder = resolve_folder(section.checkpoint, "model.checkpoint", patterns, section.revision)
+    tokenizer_folder = folder
+    if section.base:
+        tokenizer_folder = resolve_folder(section.base, "model.base", patterns, section.revision)
+    try:
+        lm, info = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, output_loading_info=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model.checkpoint: {folder}: {str(err).splitlines()[0][:160]}") from None
+    tied = {"lm_head.weight"} if getattr(lm.config, "tie_word_embeddings", False) else set()
+    missing = sorted(set(info.get("missing_keys", [])) - tied)
+    unexpected = sorted(info.get("unexpected_keys", []))
+    if missing or unexpected:
+        raise ModelError(
+            f"{folder}: missing keys {missing[:4]}, unexpected keys {unexpected[:4]};"
+            " the weights do not match the config"
+        )
+    prefix = section.answer_prefix or ANSWER_PREFIX
+    return CausalLM(lm, tokenizer, section.checkpoint, answer_prefix=prefix)
+
+
+def tiny_random_lm(family: str = "gpt2") -> CausalLM:
+    """A small random-weight plain causal LM with the tiny tokenizer (tests, smoke runs)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        if family == "llama":
+            config = LlamaConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                initializer_range=0.1,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=2,
+            )
+            lm = LlamaForCausalLM(config)
+        else:
+            config = GPT2Config(
+                vocab_size=len(tokenizer),
+                n_embd=64,
+                n_layer=3,
+                n_head=4,
+                initializer_range=0.1,
+                bos_token_id=1,
+                eos_token_id=2,
+            )
+            lm = GPT2LMHeadModel(config)
+    return CausalLM(lm.float(), tokenizer, f"tiny-random-{family}")

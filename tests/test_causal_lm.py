@@ -1,0 +1,240 @@
+"""Plain causal LMs: span patching against a per-patch hook reference; span alignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import run_recipe, write_pairs, write_recipe
+from reference import SUBMODULES, answer_view, metrics, patcher, recorder
+
+from nnpatch.cli import main
+from nnpatch.metrics import METRICS
+from nnpatch.models.causal_lm import tiny_random_lm
+
+PAIRS = [
+    {
+        "id": "a",
+        "clean_question": "Tom has 3 pens and buys 4 more. [[3 + 4 = 7]] How many pens?",
+        "clean_answer": "7",
+        "corrupted_question": "Tom has 5 pens and buys 4 more. [[5 + 4 = 9]] How many pens?",
+        "corrupted_answer": "9",
+    },
+    {
+        "id": "b",
+        "clean_question": "Sam has 12 eggs and eats 2. Then Sam buys 6 more. "
+        "[[12 - 2 = 10 . 10 + 6 = 16]] How many eggs?",
+        "clean_answer": "16",
+        "corrupted_question": "Sam has 13 eggs and eats 2. Then Sam buys 6 more. "
+        "[[13 - 2 = 11 . 11 + 6 = 17]] How many eggs?",
+        "corrupted_answer": "17",
+    },
+    {
+        "id": "c",
+        "clean_question": "Ann has 6 books. [[6 * 2 = 12]] She has twice as many cards.",
+        "clean_answer": "12",
+        "corrupted_question": "Ann has 7 books. [[7 * 2 = 14]] She has twice as many cards.",
+        "corrupted_answer": "14",
+    },
+]
+
+
+def site_module(model, site: str, layer: int):
+    decoder, layers, subs = SUBMODULES[model.module.config.model_type]
+    block = getattr(getattr(model.module, decoder), layers)[layer]
+    return block if site == "resid" else getattr(block, subs[site])
+
+
+def forward_one(model, question: str, answer: list[int], hooks=()):
+    """One unpadded forward of prompt + prefix + answer; logits predicting each answer token."""
+    head, span, tail = model.pieces(question)
+    prompt = head + span + tail + model.prefix_ids()
+    handles = [m.register_forward_hook(h) for m, h in hooks]
+    try:
+        with torch.no_grad():
+            logits = model.module(input_ids=torch.tensor([prompt + answer])).logits[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits[len(prompt) - 1 : len(prompt) - 1 + len(answer)].double().numpy(), len(head)
+
+
+def reference(model, specs, site: str, direction: str) -> dict:
+    rows = {}
+    for pair in PAIRS:
+        clean = model.answer_ids(pair["clean_answer"])
+        corrupt = model.answer_ids(pair["corrupted_answer"])
+        donor_q, receiver_q = pair["clean_question"], pair["corrupted_question"]
+        if direction == "noise":
+            donor_q, receiver_q = receiver_q, donor_q
+        views = {}
+        for side in ("clean_question", "corrupted_question"):
+            lc, _ = forward_one(model, pair[side], clean)
+            lk, _ = forward_one(model, pair[side], corrupt)
+            views[side] = answer_view(lc, lk, clean, corrupt)
+        receiver_view = views["corrupted_question" if direction == "denoise" else "clean_question"]
+        for spec in specs:
+            store: list = []
+            module = site_module(model, site, spec.layer)
+            _, donor_head = forward_one(model, donor_q, clean, [(module, recorder(store))])
+            _, receiver_head = forward_one(model, receiver_q, clean)
+            patched = []
+            for answer in (clean, corrupt):
+                # patcher writes one token per call; a plain LM has one call, so chain hooks
+                hooks = [
+                    (
+                        module,
+                        patcher({0: (receiver_head + int(p), store[0][:, donor_head + int(p)])}),
+                    )
+                    for p in spec.positions
+                ]
+                patched.append(forward_one(model, receiver_q, answer, hooks)[0])
+            view = answer_view(*patched, clean, corrupt)
+            rows[(pair["id"], spec.layer, spec.positions)] = metrics(
+                view, views["clean_question"], views["corrupted_question"], receiver_view
+            )
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("family", "mode", "site", "direction"),
+    [
+        ("gpt2", "single", "resid", "denoise"),
+        ("gpt2", "layer", "attn", "noise"),
+        ("llama", "chained", "mlp", "denoise"),
+        ("llama", "single", "attn", "noise"),
+    ],
+)
+def test_span_patching_equals_hook_reference(tmp_path, family, mode, site, direction):
+    """Every metric of every row equals one hooked, unpadded forward per patch."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS)
+    recipe = write_recipe(
+        tmp_path,
+        model={"preset": f"tiny-random-{family}"},
+        data={"pairs": str(pairs)},
+        patch={"mode": mode, "site": site, "direction": direction, "positions": [0, 2, 4]},
+        run={"batch_size": 4},
+    )
+    results = run_recipe(recipe)
+    from nnpatch.plan import PatchSpec
+
+    specs = [
+        PatchSpec(layer, tuple(p))
+        for layer, p in results.select("layer", "positions").unique(maintain_order=True).iter_rows()
+    ]
+    expected = reference(tiny_random_lm(family), specs, site, direction)
+    assert results.height == len(expected)
+    for row in results.iter_rows(named=True):
+        want = expected[(row["pair_id"], row["layer"], tuple(row["positions"]))]
+        for name in METRICS:
+            np.testing.assert_allclose(
+                row[name],
+                want[name],
+                rtol=1e-4,
+                atol=1e-4,
+                err_msg=f"{name} {row['pair_id']} {row['positions']}",
+            )
+
+
+def test_misaligned_spans_are_rejected(tmp_path):
+    """A corrupted span with a different token count fails before anything runs."""
+    bad = {
+        **PAIRS[0],
+        "corrupted_question": "Tom has 15 pens. [[15 + 4 = 19]] How many pens?",
+        "corrupted_answer": "19",
+    }
+    pairs = write_pairs(tmp_path / "pairs.jsonl", [bad])
+    recipe = write_recipe(
+        tmp_path, model={"preset": "tiny-random-gpt2"}, data={"pairs": str(pairs)}
+    )
+    result = CliRunner().invoke(main, ["run", str(recipe)])
+    assert result.exit_code == 2
+    assert "data.pairs: pair 'a': the clean span has 5 tokens and the corrupted span 7" in (
+        result.output
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_named_positions_and_thought_site_are_rejected(tmp_path):
+    """Plain LMs have span token indices, no bot/eot and no thought site."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS)
+    for patch, match in [
+        ({"mode": "single", "positions": ["bot"]}, "has no position 'bot'"),
+        ({"mode": "single", "site": "thought"}, "has no site 'thought'"),
+        ({"mode": "single", "positions": [5]}, "span token position 5"),
+    ]:
+        recipe = write_recipe(
+            tmp_path, model={"preset": "tiny-random-gpt2"}, data={"pairs": str(pairs)}, patch=patch
+        )
+        result = CliRunner().invoke(main, ["run", str(recipe)])
+        assert result.exit_code == 2 and match in result.output, result.output
+
+
+def test_checkpoint_folder_loads_like_the_preset(tmp_path):
+    """kind = causal_lm loads a saved folder; the same sweep gives the same rows."""
+    model = tiny_random_lm("gpt2")
+    model.module.save_pretrained(tmp_path / "lm")
+    model.tokenizer.save_pretrained(tmp_path / "lm")
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS)
+    common = {"data": {"pairs": str(pairs)}, "patch": {"mode": "layer"}}
+    from_folder = run_recipe(
+        write_recipe(
+            tmp_path,
+            name="folder",
+            **common,
+            model={"kind": "causal_lm", "checkpoint": str(tmp_path / "lm")},
+        )
+    )
+    from_preset = run_recipe(
+        write_recipe(tmp_path, name="preset", **common, model={"preset": "tiny-random-gpt2"})
+    )
+    np.testing.assert_allclose(from_folder["logit_diff"], from_preset["logit_diff"], atol=1e-6)
+
+
+def test_checkpoint_with_missing_weights_fails(tmp_path):
+    """A folder whose weights lack a tensor the config needs is an error naming it."""
+    from safetensors.torch import load_file, save_file
+
+    from nnpatch.errors import ModelError
+    from nnpatch.models.causal_lm import load_causal_lm
+    from nnpatch.recipe import ModelSection
+
+    model = tiny_random_lm("gpt2")
+    model.module.save_pretrained(tmp_path / "lm")
+    model.tokenizer.save_pretrained(tmp_path / "lm")
+    path = tmp_path / "lm" / "model.safetensors"
+    state = load_file(str(path))
+    del state["transformer.h.1.mlp.c_fc.weight"]
+    save_file(state, str(path), metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=r"missing keys \['transformer.h.1.mlp.c_fc.weight'\]"):
+        load_causal_lm(ModelSection(kind="causal_lm", checkpoint=str(tmp_path / "lm")))
+
+
+def test_prompt_without_markers_is_one_span(tmp_path):
+    """No markers: positions are plain token indices of the whole prompt."""
+    model = tiny_random_lm("gpt2")
+    head, span, tail = model.pieces("Tom has 3 pens.")
+    assert head == model.tokenizer("").input_ids  # only the BOS, where the tokenizer adds one
+    assert (
+        tail == []
+        and span == model.tokenizer("Tom has 3 pens.", add_special_tokens=False).input_ids
+    )
+    rows = [
+        {
+            **p,
+            "clean_question": p["clean_question"].replace("[[", "").replace("]]", ""),
+            "corrupted_question": p["corrupted_question"].replace("[[", "").replace("]]", ""),
+        }
+        for p in PAIRS[:1]
+    ]
+    pairs = write_pairs(tmp_path / "pairs.jsonl", rows)
+    results = run_recipe(
+        write_recipe(
+            tmp_path,
+            model={"preset": "tiny-random-gpt2"},
+            data={"pairs": str(pairs)},
+            patch={"mode": "single", "positions": [2], "layers": [0]},
+        )
+    )
+    assert results.height == 1 and results["logit_diff"].is_finite().all()

@@ -58,6 +58,8 @@ class DataSection(Strict):
     seed: int = 0  # the generator's seed
     span_markers: tuple[str, str] = ("[[", "]]")  # causal_lm: the patched span in each prompt
     limit: int | None = Field(default=None, ge=1)
+    # both-correct: keep pairs the model answers right on both sides (greedy, real loop)
+    filter: Literal["none", "both-correct"] = "none"
 
 
 class PatchCommon(Strict):

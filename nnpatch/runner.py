@@ -21,6 +21,7 @@ from nnpatch import rundir
 from nnpatch.engine import Engine, PairAnswers
 from nnpatch.errors import ModelError, PairsError, RecipeError
 from nnpatch.models import ModelShape, ThoughtModel, build_model, model_shape
+from nnpatch.models.base import last_number
 from nnpatch.pairs import Pair, load_pair_set
 from nnpatch.plan import PatchSpec, build_plan
 from nnpatch.recipe import Recipe, load_recipe
@@ -65,6 +66,8 @@ def prepare(
     recipe, pairs, counts = _recipe_and_pairs(source, overrides)
     torch.manual_seed(recipe.run.seed)
     model = build_model(recipe.model, source)
+    if recipe.data.filter == "both-correct":
+        pairs, counts = _keep_both_correct(model, pairs, counts, recipe, source)
     try:
         if hasattr(model, "bind_pairs"):  # plain LMs: span positions come from the pairs
             model.bind_pairs(pairs, recipe.data.span_markers)
@@ -105,11 +108,59 @@ def check(path: str | Path, overrides: list[str] = ()) -> Checked:
 def _recipe_and_pairs(source: Path, overrides: list[str]) -> tuple[Recipe, list[Pair], dict]:
     recipe = load_recipe(source, overrides)
     data = recipe.data
+    limit = None if data.filter != "none" else data.limit  # a filter takes the limit after it
     try:
-        pairs, counts = load_pair_set(data.pairs, source.parent, data.limit, data.source, data.seed)
+        pairs, counts = load_pair_set(data.pairs, source.parent, limit, data.source, data.seed)
     except PairsError as err:
         raise RecipeError(source, "data.pairs", str(err)) from None
     return recipe, pairs, counts
+
+
+def _keep_both_correct(model, pairs: list[Pair], counts: dict, recipe: Recipe, source: Path):
+    """Pairs whose clean and corrupted questions the model answers right (greedy, real loop),
+    in order, until data.limit are kept."""
+    if not hasattr(model, "greedy_answers"):
+        raise RecipeError(
+            source,
+            "data.filter",
+            f"{model.name} cannot decode answers",
+            "use filter = 'none' for plain causal LMs",
+        )
+    limit, chunk = recipe.data.limit or len(pairs), max(1, recipe.run.batch_size // 2)
+    kept: list[Pair] = []
+    checked = 0
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        decoded = model.greedy_answers(
+            [p.clean_question for p in part] + [p.corrupted_question for p in part]
+        )
+        for pair, clean, corrupt in zip(
+            part, decoded[: len(part)], decoded[len(part) :], strict=True
+        ):
+            checked += 1
+            if (
+                last_number(clean) == pair.clean_answer
+                and last_number(corrupt) == pair.corrupted_answer
+            ):
+                kept.append(pair)
+            if len(kept) == limit:
+                break
+        if len(kept) == limit:
+            break
+    if not kept:
+        raise RecipeError(
+            source,
+            "data.filter",
+            f"the model answers no pair right on both sides ({checked} checked)",
+            "check the model, or set filter = 'none'",
+        )
+    counts = {
+        **counts,
+        "filter_checked": checked,
+        "filter_dropped": checked - len(kept),
+        "kept": len(kept),
+    }
+    return kept, counts
 
 
 def execute(

@@ -119,7 +119,7 @@ def test_inspect_describes_the_model():
     result = CliRunner().invoke(main, ["inspect", str(ROOT / "recipes" / "position.toml")])
     assert result.exit_code == 0, result.output
     assert "4 layers" in result.output and "positions: bot, 0, 1, 2, 3, 4, 5, eot" in result.output
-    assert "ids: bot 153, eot 154, pad 152" in result.output
+    assert "ids: bot 154, eot 155, pad 153" in result.output
 
 
 def test_inspect_reports_checkpoint_keys(tmp_path):

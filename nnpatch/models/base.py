@@ -7,6 +7,7 @@ them, so the engine never sees a backend path or a sequence index.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -184,6 +185,12 @@ class ThoughtModel:
     def answer_logits(self, result, encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         """The module already returns (clean, corrupted) teacher-forced answer logits."""
         return result[0], result[1]
+
+
+def last_number(text: str) -> str | None:
+    """The answer in decoded text: its last number, as CODI's evaluation reads it."""
+    numbers = re.findall(r"-?\d+(?:\.\d+)?", text.replace(",", "").replace(" ", ""))
+    return numbers[-1] if numbers else None
 
 
 def pad_rows(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

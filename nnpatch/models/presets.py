@@ -7,6 +7,7 @@ models for tests and smoke runs. Their weights are seeded, so every build is ide
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -55,6 +56,22 @@ def tiny_random_codi(family: str = "llama", num_thoughts: int = 6) -> ThoughtMod
     return ThoughtModel(module.float().eval(), tokenizer, name)
 
 
+TOY_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "toy-codi"
+
+
+def toy_codi(folder: str | Path | None = None, num_thoughts: int = 6) -> ThoughtModel:
+    """The embedded trained model (nnpatch/weights/toy-codi), through the CODI loader."""
+    from nnpatch.models.release import load_codi
+    from nnpatch.recipe import ModelSection
+
+    path = str(folder or TOY_WEIGHTS)
+    model = load_codi(
+        ModelSection(kind="codi", base=path, checkpoint=path, num_thoughts=num_thoughts)
+    )
+    model.name = "toy-codi"
+    return model
+
+
 def _plain(family: str):
     def build(**kwargs):
         from nnpatch.models.causal_lm import tiny_random_lm
@@ -67,6 +84,7 @@ def _plain(family: str):
 PRESETS: dict[str, Callable[..., ThoughtModel]] = {
     "tiny-random-codi": lambda **kw: tiny_random_codi("llama", **kw),
     "tiny-random-codi-gpt2": lambda **kw: tiny_random_codi("gpt2", **kw),
+    "toy-codi": lambda **kw: toy_codi(**kw),  # trained: thoughts carry toy arithmetic
     "tiny-random-gpt2": _plain("gpt2"),  # plain causal LMs: patched over a marked text span
     "tiny-random-llama": _plain("llama"),
 }

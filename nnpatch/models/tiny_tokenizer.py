@@ -21,6 +21,7 @@ buys gets finds gives sells eats loses makes adds takes away spends earns shares
 bought got found gave sold ate lost made added took spent earned shared kept Tom Sam Ann
 Mia Leo Zoe Ben Eva Max Ivy Tim Kim Joe Liz Ray Amy The How What He She They Then If
 Each
+as
 """.split()
 
 

@@ -49,4 +49,10 @@ def tiny_arithmetic(count: int = 24, seed: int = 0) -> list[Pair]:
     return pairs
 
 
-BUILTIN = {"tiny-arithmetic": tiny_arithmetic}
+def _toy_arithmetic() -> list[Pair]:
+    from nnpatch.pairs.toy import toy_arithmetic
+
+    return toy_arithmetic()
+
+
+BUILTIN = {"tiny-arithmetic": tiny_arithmetic, "toy-arithmetic": _toy_arithmetic}

@@ -9,6 +9,14 @@ import click
 from nnpatch import __version__
 from nnpatch.errors import NnpatchError
 
+SET_OPTION = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe field, e.g. --set patch.site=attn (value parsed as TOML).",
+)
+
 RUN_HELP = """Run the patching sweep a RECIPE describes and write a run folder.
 
 \b
@@ -27,13 +35,7 @@ def main() -> None:
 
 @main.command(help=RUN_HELP)
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a recipe field, e.g. --set patch.site=attn (value parsed as TOML).",
-)
+@SET_OPTION
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N pairs.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (run.output).")
 def run(recipe: str, overrides: tuple[str, ...], limit: int | None, out: str | None) -> None:
@@ -54,13 +56,7 @@ def run(recipe: str, overrides: tuple[str, ...], limit: int | None, out: str | N
 
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a recipe field before validating.",
-)
+@SET_OPTION
 def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     """Check a RECIPE without running it or loading weights.
 
@@ -84,9 +80,7 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field first."
-)
+@SET_OPTION
 def inspect(recipe: str, overrides: tuple[str, ...]) -> None:
     """Load a RECIPE's model and describe it: layers, sites, positions, ids, key accounting."""
     from nnpatch.inspect_model import describe

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from nnpatch.models.presets import tiny_lm
 from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
 
 TARGETS = {
@@ -25,23 +25,8 @@ TARGETS = {
 
 def base_model(family: str, vocab: int, seed: int = 1):
     torch.manual_seed(seed)
-    if family == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            initializer_range=0.1,
-            tie_word_embeddings=True,
-        )
-        return config, LlamaForCausalLM(config)
-    config = GPT2Config(
-        vocab_size=vocab, n_embd=64, n_layer=3, n_head=4, n_positions=256, initializer_range=0.1
-    )
-    return config, GPT2LMHeadModel(config)
+    lm = tiny_lm(family, vocab, 3, tie_word_embeddings=True)
+    return lm.config, lm
 
 
 class CodiRelease(nn.Module):

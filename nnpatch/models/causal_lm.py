@@ -248,36 +248,12 @@ def load_causal_lm(section) -> CausalLM:
 
 def tiny_random_lm(family: str = "gpt2") -> CausalLM:
     """A small random-weight plain causal LM with the tiny tokenizer (tests, smoke runs)."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
+    from nnpatch.models.presets import tiny_lm
     from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        if family == "llama":
-            config = LlamaConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=3,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                initializer_range=0.1,
-                bos_token_id=1,
-                eos_token_id=2,
-                pad_token_id=2,
-            )
-            lm = LlamaForCausalLM(config)
-        else:
-            config = GPT2Config(
-                vocab_size=len(tokenizer),
-                n_embd=64,
-                n_layer=3,
-                n_head=4,
-                initializer_range=0.1,
-                bos_token_id=1,
-                eos_token_id=2,
-            )
-            lm = GPT2LMHeadModel(config)
+        lm = tiny_lm(family, len(tokenizer), 3, **ids)
     return CausalLM(lm.float(), tokenizer, f"tiny-random-{family}")

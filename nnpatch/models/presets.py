@@ -10,7 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
 
 from nnpatch.models.base import ThoughtModel
 from nnpatch.models.codi import CodiModel, Projection
@@ -21,6 +27,33 @@ SEED = 0
 INIT_STD = 0.1
 
 
+def tiny_lm(family: str, vocab: int, num_layers: int, **extra) -> PreTrainedModel:
+    """A d = 64 Llama or GPT-2 with `vocab` ids, its weights drawn from the current RNG."""
+    if family == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            initializer_range=INIT_STD,
+            **extra,
+        )
+        return LlamaForCausalLM(config)
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_embd=64,
+        n_layer=num_layers,
+        n_head=4,
+        n_positions=512,
+        initializer_range=INIT_STD,
+        **extra,
+    )
+    return GPT2LMHeadModel(config)
+
+
 def tiny_random_codi(family: str = "llama", num_thoughts: int = 6) -> ThoughtModel:
     """A small random-weight CODI model: 4 layers (Llama) or 3 (GPT-2), d = 64."""
     tokenizer = build_tiny_tokenizer()
@@ -28,28 +61,9 @@ def tiny_random_codi(family: str = "llama", num_thoughts: int = 6) -> ThoughtMod
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         if family == "llama":
-            config = LlamaConfig(
-                vocab_size=vocab + 3,
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=512,
-                initializer_range=INIT_STD,
-                tie_word_embeddings=False,
-            )
-            lm = LlamaForCausalLM(config)
+            lm = tiny_lm("llama", vocab + 3, 4, tie_word_embeddings=False)
         else:
-            config = GPT2Config(
-                vocab_size=vocab + 3,
-                n_embd=64,
-                n_layer=3,
-                n_head=4,
-                n_positions=512,
-                initializer_range=INIT_STD,
-            )
-            lm = GPT2LMHeadModel(config)
+            lm = tiny_lm("gpt2", vocab + 3, 3)
         prj = Projection(64, 64)
     module = CodiModel(lm, prj, num_thoughts, bot_id=vocab + 1, eot_id=vocab + 2, pad_id=vocab)
     name = "tiny-random-codi" if family == "llama" else "tiny-random-codi-gpt2"

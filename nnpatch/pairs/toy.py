@@ -25,6 +25,7 @@ PHRASES = {
     "-": "Then {p} loses {k} .",
     "*": "Then {p} has {k} times as many .",
 }
+NUM_OPS = 3  # serial steps per problem
 PRONOUN = {"Tom": "he", "Sam": "he", "Leo": "he", "Ben": "he"}
 
 
@@ -60,7 +61,7 @@ def render(start: int, ops: tuple[tuple[str, int], ...], name: str, item: str) -
     return Problem(" ".join(parts), steps, value, start, ops, name, item)
 
 
-def sample(rng: random.Random, num_ops: int = 4) -> Problem:
+def sample(rng: random.Random, num_ops: int = NUM_OPS) -> Problem:
     ops = []
     for _ in range(num_ops):
         op = rng.choice("+-*")
@@ -72,7 +73,7 @@ PAIR_COUNT, PAIR_SEED = 64, 1234
 
 
 def pair_problems(
-    count: int = PAIR_COUNT, seed: int = PAIR_SEED, num_ops: int = 4
+    count: int = PAIR_COUNT, seed: int = PAIR_SEED, num_ops: int = NUM_OPS
 ) -> list[tuple[Problem, Problem]]:
     """(clean, corrupted) problems: the corrupted one changes the starting number."""
     rng = random.Random(seed)
@@ -86,7 +87,9 @@ def pair_problems(
     return out
 
 
-def toy_arithmetic(count: int = PAIR_COUNT, seed: int = PAIR_SEED, num_ops: int = 4) -> list[Pair]:
+def toy_arithmetic(
+    count: int = PAIR_COUNT, seed: int = PAIR_SEED, num_ops: int = NUM_OPS
+) -> list[Pair]:
     """Pairs for the embedded model: one number changed, the answer recomputed."""
     return [
         Pair(

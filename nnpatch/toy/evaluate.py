@@ -15,12 +15,12 @@ import random
 import torch
 
 from nnpatch.models.base import ThoughtModel, last_number
-from nnpatch.pairs.toy import Problem, sample
+from nnpatch.pairs.toy import NUM_OPS, Problem, sample
 
 HELD_OUT_SEED = 10_000  # training draws from random.Random(seed); held-out problems from here
 
 
-def held_out(count: int = 512, num_ops: int = 4) -> list[Problem]:
+def held_out(count: int = 512, num_ops: int = NUM_OPS) -> list[Problem]:
     return [sample(random.Random(HELD_OUT_SEED + i), num_ops) for i in range(count)]
 
 

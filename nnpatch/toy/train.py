@@ -30,7 +30,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from nnpatch.models.base import ThoughtModel, pad_rows
 from nnpatch.models.codi import CodiModel, Projection
 from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
-from nnpatch.pairs.toy import Problem, sample
+from nnpatch.pairs.toy import NUM_OPS, Problem, sample
 from nnpatch.toy.evaluate import accuracy, held_out
 
 SHAPE = {
@@ -41,7 +41,7 @@ SHAPE = {
     "num_key_value_heads": 4,
 }
 NUM_THOUGHTS = 6
-DISTILL_FACTOR = 20.0
+DISTILL_FACTOR = 200.0  # CODI uses 20 on Llama's far larger hidden states
 
 
 def build_model(seed: int) -> ThoughtModel:
@@ -161,7 +161,8 @@ def _pair_problems(num_ops: int) -> set:
     """(start, ops) of both sides of every toy-arithmetic pair."""
     from nnpatch.pairs.toy import PAIR_COUNT, PAIR_SEED, pair_problems
 
-    return {(p.start, p.ops) for p in pair_problems(PAIR_COUNT, PAIR_SEED, num_ops)}
+    pairs = pair_problems(PAIR_COUNT, PAIR_SEED, num_ops)
+    return {(p.start, p.ops) for pair in pairs for p in pair}
 
 
 def train(out: Path, steps: int, batch: int, lr: float, seed: int, num_ops: int) -> dict:
@@ -240,7 +241,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-ops", type=int, default=4)
+    parser.add_argument("--num-ops", type=int, default=NUM_OPS)
     args = parser.parse_args()
     card = train(args.out, args.steps, args.batch, args.lr, args.seed, args.num_ops)
     print(json.dumps(card, indent=2))

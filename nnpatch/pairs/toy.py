@@ -61,10 +61,13 @@ def render(start: int, ops: tuple[tuple[str, int], ...], name: str, item: str) -
     return Problem(" ".join(parts), steps, value, start, ops, name, item)
 
 
+OPS = "+-"  # the ops a problem draws from ("*" is supported by render and apply)
+
+
 def sample(rng: random.Random, num_ops: int = NUM_OPS) -> Problem:
     ops = []
     for _ in range(num_ops):
-        op = rng.choice("+-*")
+        op = rng.choice(OPS)
         ops.append((op, rng.randint(2, 9) if op == "*" else rng.randint(1, 9)))
     return render(rng.randint(0, 9), tuple(ops), rng.choice(NAMES), rng.choice(ITEMS))
 

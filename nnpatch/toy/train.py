@@ -41,7 +41,7 @@ SHAPE = {
     "num_key_value_heads": 4,
 }
 NUM_THOUGHTS = 6
-DISTILL_FACTOR = 200.0  # CODI uses 20 on Llama's far larger hidden states
+DISTILL_FACTOR = 20.0
 
 
 def build_model(seed: int) -> ThoughtModel:
@@ -151,8 +151,9 @@ def losses(model: ThoughtModel, b: dict) -> dict[str, torch.Tensor]:
 
 
 def _fresh(rng: random.Random, num_ops: int, unseen: set) -> Problem:
+    """A training problem never evaluated on; shorter chains mixed in as a curriculum."""
     while True:
-        problem = sample(rng, num_ops)
+        problem = sample(rng, rng.randint(1, num_ops))
         if (problem.start, problem.ops) not in unseen:
             return problem
 
@@ -165,7 +166,8 @@ def _pair_problems(num_ops: int) -> set:
     return {(p.start, p.ops) for pair in pairs for p in pair}
 
 
-def train(out: Path, steps: int, batch: int, lr: float, seed: int, num_ops: int) -> dict:
+def train(out: Path, steps: int, batch: int, lr: float, seed: int, num_ops: int,
+          distill_factor: float = DISTILL_FACTOR) -> dict:
     torch.set_num_threads(2)
     model = build_model(seed)
     module = model.module.train()
@@ -182,7 +184,7 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int, num_ops: int)
     for step in range(steps):
         b = encode_batch(model, [_fresh(rng, num_ops, unseen) for _ in range(batch)])
         parts = losses(model, b)
-        loss = parts["teacher_ce"] + parts["student_ce"] + DISTILL_FACTOR * parts["distill"]
+        loss = parts["teacher_ce"] + parts["student_ce"] + distill_factor * parts["distill"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 2.0)
@@ -241,9 +243,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distill", type=float, default=DISTILL_FACTOR)
     parser.add_argument("--num-ops", type=int, default=NUM_OPS)
     args = parser.parse_args()
-    card = train(args.out, args.steps, args.batch, args.lr, args.seed, args.num_ops)
+    card = train(args.out, args.steps, args.batch, args.lr, args.seed, args.num_ops, args.distill)
     print(json.dumps(card, indent=2))
 
 

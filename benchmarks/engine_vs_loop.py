@@ -34,7 +34,7 @@ def engine_sweep(model, pairs, specs, batch_size: int) -> tuple[float, torch.Ten
     answers = engine.answers(pairs)
     cells = sorted({(s.layer, p) for s in specs for p in s.positions})
     base = engine.baselines(pairs, answers, cells, max(1, batch_size // 2))
-    rows = [(spec, i) for spec in specs for i in range(len(pairs))]
+    rows = [(spec, i, i) for spec in specs for i in range(len(pairs))]
     values = engine.patch(pairs, answers, base, rows, batch_size)
     return time.perf_counter() - start, values
 

@@ -42,6 +42,9 @@ class Baselines:
     donor: dict[tuple[int | None, str], torch.Tensor]  # (layer, position) → [pairs, d]
 
 
+Row = tuple[PatchSpec, int, int]  # (patch, receiver pair index, donor pair index)
+
+
 @dataclass
 class Op:
     """One read or indexed write inside the trace: some rows × one token of one module call."""
@@ -173,11 +176,14 @@ class Engine:
         pairs: list[Pair],
         answers: PairAnswers,
         baselines: Baselines,
-        rows: list[tuple[PatchSpec, int]],
+        rows: list[Row],
         batch_size: int,
         progress: Callable[[int], None] = lambda n: None,
     ) -> torch.Tensor:
-        """Metrics [len(rows), metrics] for (spec, pair index) rows, batch by batch."""
+        """Metrics [len(rows), metrics] for (spec, pair, donor pair) rows, batch by batch.
+
+        The donor is the pair itself for a real patch, another pair for the control.
+        """
         out = []
         for batch in _batches(rows, batch_size):
             out.append(self._patch_batch(pairs, answers, baselines, batch).cpu())
@@ -189,20 +195,20 @@ class Engine:
         pairs: list[Pair],
         answers: PairAnswers,
         baselines: Baselines,
-        batch: list[tuple[PatchSpec, int]],
+        batch: list[Row],
     ) -> torch.Tensor:
-        index = [pair for _, pair in batch]
+        index = [pair for _, pair, _ in batch]
         side = "corrupted_question" if self.direction == "denoise" else "clean_question"
         encoded, targets = self._encode([getattr(pairs[i], side) for i in index], answers, index)
         refs = _select(baselines.references, torch.tensor(index, device=self.model.device))
         rows_by_cell: dict[tuple[int | None, str], tuple[list[int], list[int]]] = defaultdict(
             lambda: ([], [])
         )
-        for row, (spec, pair) in enumerate(batch):
+        for row, (spec, _, donor) in enumerate(batch):
             for position in spec.positions:
                 rows, donors = rows_by_cell[(spec.layer, position)]
                 rows.append(row)
-                donors.append(pair)
+                donors.append(donor)
         device = self.model.device
         writes = {
             key: (rows, baselines.donor[key].index_select(0, torch.tensor(donors, device=device)))

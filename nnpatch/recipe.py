@@ -67,6 +67,8 @@ class PatchCommon(Strict):
     layers: Literal["all"] | list[Annotated[int, Field(ge=0)]] = "all"
     positions: Positions = "all"
     direction: Literal["denoise", "noise"] = "denoise"
+    # noise floor: the same cells patched from a mismatched pair (seeded derangement)
+    control: Literal["random-donor", "none"] = "random-donor"
 
 
 class SinglePatch(PatchCommon):

@@ -38,10 +38,10 @@ def render_summary(prep, finished) -> str:
         f"{recipe.patch.direction}):"
     )
     for row in top.iter_rows(named=True):
-        ci = (
-            ""
-            if row["sem"] is None
-            else f"  95% CI [{row['ci95_low']:+.3f}, {row['ci95_high']:+.3f}]"
-        )
-        lines.append(f"  {cell_label(row):<16} {row['mean']:+.3f}{ci}  n={row['n']}")
+        ci = f"95% CI [{row['ci95_low']:+.3f}, {row['ci95_high']:+.3f}]"
+        control = ""
+        if row["control_mean"] is not None:
+            mark = "beats control" if row["beats_control"] else "within control"
+            control = f"  control {row['control_mean']:+.3f} ({mark})"
+        lines.append(f"  {cell_label(row):<16} {row['mean']:+.3f}  {ci}  n={row['n']}{control}")
     return "\n".join(lines)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import polars as pl
 import torch
 
+from nnpatch.engine import Row
 from nnpatch.pairs import Pair
-from nnpatch.plan import PatchSpec
+from nnpatch.stats import cell_stats
 
-Z95 = 1.959963984540054  # normal quantile for a two-sided 95% interval
 CELL_KEYS = ["mode", "site", "direction", "layer", "position", "positions"]
 
 
 def results_table(
-    rows: list[tuple[PatchSpec, int]],
+    rows: list[Row],
     pairs: list[Pair],
     values: torch.Tensor,
     names: list[str],
@@ -21,15 +21,20 @@ def results_table(
     site: str,
     direction: str,
 ) -> pl.DataFrame:
-    """One row per (pair, patch): cell columns, then one column per metric."""
+    """One row per (pair, patch): cell columns, the donor, then one column per metric.
+
+    `control` rows patch the same cells from another pair's run (the noise floor).
+    """
     columns = {
-        "pair_id": [pairs[p].id for _, p in rows],
+        "pair_id": [pairs[p].id for _, p, _ in rows],
         "mode": [mode] * len(rows),
         "site": [site] * len(rows),
         "direction": [direction] * len(rows),
-        "layer": [spec.layer for spec, _ in rows],
-        "position": [spec.positions[0] if mode == "single" else None for spec, _ in rows],
-        "positions": [list(spec.positions) for spec, _ in rows],
+        "layer": [spec.layer for spec, _, _ in rows],
+        "position": [spec.positions[0] if mode == "single" else None for spec, _, _ in rows],
+        "positions": [list(spec.positions) for spec, _, _ in rows],
+        "control": [p != d for _, p, d in rows],
+        "donor_id": [pairs[d].id for _, _, d in rows],
     }
     schema = {
         "pair_id": pl.String,
@@ -39,6 +44,8 @@ def results_table(
         "layer": pl.Int64,
         "position": pl.String,
         "positions": pl.List(pl.String),
+        "control": pl.Boolean,
+        "donor_id": pl.String,
     }
     frame = pl.DataFrame(columns, schema=schema)
     metrics = pl.DataFrame(values.double().numpy(), schema=names, orient="row")
@@ -65,27 +72,48 @@ def baselines_table(
     return pl.DataFrame(table)
 
 
-def summarize(results: pl.DataFrame, names: list[str]) -> pl.DataFrame:
-    """Per cell and metric: n, mean, sem and a normal-approximation 95% CI over pairs."""
-    long = results.with_columns(pl.col("positions").list.join(",").alias("_key")).unpivot(
-        index=[*CELL_KEYS, "_key", "pair_id"], on=names, variable_name="metric"
-    )
-    keys = ["mode", "site", "direction", "layer", "position", "_key", "metric"]
-    summary = (
-        long.group_by(keys, maintain_order=True)
-        .agg(
-            pl.col("positions").first(),
-            pl.col("value").count().alias("n"),
-            pl.col("value").mean().alias("mean"),
-            (pl.col("value").std(ddof=1) / pl.col("value").count().sqrt()).alias("sem"),
+def summarize(results: pl.DataFrame, names: list[str], seed: int = 0) -> pl.DataFrame:
+    """Per cell and metric: n, mean, sem, bootstrap 95% CI over pairs, and the control.
+
+    A cell "beats control" when the bootstrap CI of (patched - control), paired by pair,
+    excludes zero: it moves the answer more than patching the same cells from a mismatched
+    pair does.
+    """
+    real = results.filter(~pl.col("control")).sort("pair_id", maintain_order=True)
+    control = results.filter(pl.col("control")).sort("pair_id", maintain_order=True)
+    rows = []
+    for group in real.partition_by(["layer", "position", "positions"], maintain_order=True):
+        first = group.row(0, named=True)
+        match = control.filter(
+            (pl.col("layer").eq_missing(first["layer"]))
+            & (pl.col("positions") == pl.lit(first["positions"], dtype=pl.List(pl.String)))
         )
-        .with_columns(
-            (pl.col("mean") - Z95 * pl.col("sem")).alias("ci95_low"),
-            (pl.col("mean") + Z95 * pl.col("sem")).alias("ci95_high"),
-        )
-        .drop("_key")
+        for name in names:
+            key = cell_key(first, name)
+            values = group[name].to_numpy().astype(float)
+            paired = match[name].to_numpy().astype(float) if match.height == group.height else None
+            cell = {k: first[k] for k in CELL_KEYS}
+            rows.append({**cell, "metric": name, **cell_stats(values, paired, seed, key)})
+    return pl.DataFrame(
+        rows,
+        schema_overrides={
+            "layer": pl.Int64,
+            "position": pl.String,
+            "sem": pl.Float64,
+            "control_mean": pl.Float64,
+            "control_ci95_low": pl.Float64,
+            "control_ci95_high": pl.Float64,
+            "diff_ci95_low": pl.Float64,
+            "diff_ci95_high": pl.Float64,
+            "beats_control": pl.Boolean,
+        },
+        infer_schema_length=None,
     )
-    return summary.select([*CELL_KEYS, "metric", "n", "mean", "sem", "ci95_low", "ci95_high"])
+
+
+def cell_key(row: dict, metric: str) -> str:
+    """The stable name a cell's bootstrap generator is seeded with."""
+    return f"{row['layer']}|{','.join(row['positions'])}|{metric}"
 
 
 def cell_label(row: dict) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -202,7 +203,10 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     clock = time.perf_counter()
     base = engine.baselines(pairs, prep.answers, cells, max(1, recipe.run.batch_size // 2))
     baseline_s = time.perf_counter() - clock
-    rows = [(spec, index) for spec in prep.plan for index in range(len(pairs))]
+    rows = [(spec, index, index) for spec in prep.plan for index in range(len(pairs))]
+    if recipe.patch.control == "random-donor" and len(pairs) > 1:
+        donors = control_donors(len(pairs), recipe.run.seed)
+        rows += [(spec, index, donors[index]) for spec in prep.plan for index in range(len(pairs))]
     tick = progress(len(rows)) if progress else (lambda n: None)
     clock = time.perf_counter()
     values = engine.patch(pairs, prep.answers, base, rows, recipe.run.batch_size, tick)
@@ -216,7 +220,7 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
         names,
         _answer_columns(prep, base),
     )
-    summary = summarize(results, names)
+    summary = summarize(results, names, recipe.run.seed)
     rundir.write_table(path / "results.parquet", results)
     rundir.write_table(path / "baselines.parquet", baselines)
     rundir.write_table(path / "summary.parquet", summary)
@@ -224,6 +228,12 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     return Finished(
         path, results, baselines, summary, {"baselines_s": baseline_s, "patch_s": patch_s}
     )
+
+
+def control_donors(count: int, seed: int) -> list[int]:
+    """A seeded derangement: pair i takes its control activations from pair donors[i] != i."""
+    shift = random.Random(seed).randint(1, count - 1)
+    return [(index + shift) % count for index in range(count)]
 
 
 def _answer_columns(prep: Prepared, base) -> dict[str, list]:

@@ -122,8 +122,13 @@ def metrics(view: dict, clean_view: dict, corrupt_view: dict, receiver_view: dic
     }
 
 
-def reference_rows(model: ThoughtModel, pairs, specs, site: str, direction: str) -> list[dict]:
-    """Every (spec, pair) row's metrics, computed one recurrent forward at a time."""
+def reference_rows(
+    model: ThoughtModel, pairs, specs, site: str, direction: str, donors: dict | None = None
+) -> list[dict]:
+    """Every (spec, pair) row's metrics, computed one recurrent forward at a time.
+
+    `donors` maps a pair id to the pair whose activations it receives (default: itself).
+    """
     rows = []
     K = model.num_thoughts
     for pair in pairs:
@@ -131,7 +136,10 @@ def reference_rows(model: ThoughtModel, pairs, specs, site: str, direction: str)
             answer_ids(model, pair.clean_answer),
             answer_ids(model, pair.corrupted_answer),
         )
-        donor_question = pair.clean_question if direction == "denoise" else pair.corrupted_question
+        donor = (donors or {}).get(pair.id, pair)
+        donor_question = (
+            donor.clean_question if direction == "denoise" else donor.corrupted_question
+        )
         receiver_question = (
             pair.corrupted_question if direction == "denoise" else pair.clean_question
         )

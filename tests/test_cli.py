@@ -48,7 +48,7 @@ def test_run_writes_a_finished_folder(tmp_path):
     assert "top cells by mean recovery" in result.output
     [folder] = list((tmp_path / "chained").iterdir())
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["status"] == "finished" and manifest["rows"] == 2 * 6
+    assert manifest["status"] == "finished" and manifest["rows"] == 2 * 2 * 6  # with control
 
 
 def test_validate_ok():

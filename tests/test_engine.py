@@ -29,15 +29,18 @@ THOUGHT_MODES = {
 
 
 def assert_matches_reference(
-    results: pl.DataFrame, model, site: str, direction: str, pairs
+    results: pl.DataFrame, model, site: str, direction: str, pairs, control: bool = False
 ) -> None:
+    results = results.filter(pl.col("control") == control)
+    by_id = {p.id: p for p in pairs}
+    donors = {r["pair_id"]: by_id[r["donor_id"]] for r in results.iter_rows(named=True)}
     specs = [
         PatchSpec(layer, tuple(positions))
         for layer, positions in results.select("layer", "positions")
         .unique(maintain_order=True)
         .iter_rows()
     ]
-    expected = reference_rows(model, pairs, specs, site, direction)
+    expected = reference_rows(model, pairs, specs, site, direction, donors)
     assert results.height == len(expected)
     got = {
         (r["pair_id"], r["layer"], tuple(r["positions"])): r for r in results.iter_rows(named=True)
@@ -66,6 +69,15 @@ def test_llama_rows_equal_hook_reference(tmp_path, llama, mode, site, direction)
     recipe = write_recipe(tmp_path, patch=patch, data={"limit": 3}, run={"batch_size": 5})
     results = run_recipe(recipe)
     assert_matches_reference(results, llama, site, direction, tiny_arithmetic()[:3])
+
+
+@pytest.mark.parametrize(("site", "direction"), [("resid", "denoise"), ("thought", "noise")])
+def test_control_rows_equal_hook_reference_with_mismatched_donor(tmp_path, llama, site, direction):
+    """Control rows are exact patches from another pair's run, checked the same way."""
+    patch = {"mode": "single", "site": site, "direction": direction, "positions": [0, 5]}
+    recipe = write_recipe(tmp_path, patch=patch, data={"limit": 3})
+    results = run_recipe(recipe)
+    assert_matches_reference(results, llama, site, direction, tiny_arithmetic()[:3], control=True)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +133,7 @@ def test_patching_own_activations_changes_nothing(tmp_path):
         data={"pairs": str(pairs)},
         patch={"mode": "layer", "positions": ["bot", 0, 1, 2, 3, 4, 5, "eot"]},
     )
-    results = run_recipe(recipe)
+    results = run_recipe(recipe).filter(~pl.col("control"))
     np.testing.assert_allclose(results["kl_from_corrupt"], 0, atol=1e-6)
     np.testing.assert_allclose(results["l2"], 0, atol=1e-4)
     assert results["top1_changed"].sum() == 0
@@ -129,8 +141,10 @@ def test_patching_own_activations_changes_nothing(tmp_path):
 
 def test_chained_last_equals_layer(tmp_path):
     """`chained` at k = K-1 patches the same cells as `layer`, so the rows are equal."""
-    chained = run_recipe(write_recipe(tmp_path, name="c", patch={"mode": "chained"}))
-    layer = run_recipe(write_recipe(tmp_path, name="l", patch={"mode": "layer"}))
+    chained = run_recipe(
+        write_recipe(tmp_path, name="c", patch={"mode": "chained", "control": "none"})
+    )
+    layer = run_recipe(write_recipe(tmp_path, name="l", patch={"mode": "layer", "control": "none"}))
     last = chained.filter(pl.col("positions").list.len() == 6)
     for name in METRICS:
         np.testing.assert_allclose(last[name], layer[name], rtol=1e-4, atol=1e-4)
@@ -138,9 +152,13 @@ def test_chained_last_equals_layer(tmp_path):
 
 def test_chained_first_equals_single_position_zero(tmp_path):
     """`chained` at k = 0 is `single` at thought 0."""
-    chained = run_recipe(write_recipe(tmp_path, name="c", patch={"mode": "chained"}))
+    chained = run_recipe(
+        write_recipe(tmp_path, name="c", patch={"mode": "chained", "control": "none"})
+    )
     single = run_recipe(
-        write_recipe(tmp_path, name="s", patch={"mode": "single", "positions": [0]})
+        write_recipe(
+            tmp_path, name="s", patch={"mode": "single", "positions": [0], "control": "none"}
+        )
     )
     first = chained.filter(pl.col("positions").list.len() == 1)
     for name in METRICS:
@@ -171,8 +189,8 @@ def test_activations_before_the_patched_step_are_untouched():
                 hook.remove()
         return seen
 
-    patched = record([(PatchSpec(2, ("3",)), 1)])
-    plain = record([(PatchSpec(2, ()), 1)])
+    patched = record([(PatchSpec(2, ("3",)), 1, 1)])
+    plain = record([(PatchSpec(2, ()), 1, 1)])
     patched_call = 4  # thought 3 is the 5th call of each layer
     for layer in range(len(layers)):
         for call in range(patched_call):

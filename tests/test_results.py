@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import polars as pl
@@ -43,28 +44,58 @@ def test_run_folder_holds_every_table(tmp_path):
         "position",
         "positions",
     ]
-    assert results.height == 4 * 4 * 6
+    assert results.height == 2 * 4 * 4 * 6  # real and control rows
     baselines = pl.read_parquet(finished.path / "baselines.parquet")
     np.testing.assert_allclose(baselines["clean_recovery"], 1.0, atol=1e-6)
     np.testing.assert_allclose(baselines["corrupted_recovery"], 0.0, atol=1e-6)
 
 
 def test_summary_matches_numpy(tmp_path):
-    """mean, sem and the 95% CI per cell equal numpy on the stored per-pair rows."""
+    """mean, sem and the bootstrap CIs per cell equal numpy on the stored per-pair rows."""
     finished = execute(prepare(write_recipe(tmp_path, data={"limit": 5})))
     results = pl.read_parquet(finished.path / "results.parquet")
     summary = pl.read_parquet(finished.path / "summary.parquet")
     row = summary.filter(
         (pl.col("metric") == "recovery") & (pl.col("layer") == 2) & (pl.col("position") == "3")
     ).row(0, named=True)
-    values = results.filter((pl.col("layer") == 2) & (pl.col("position") == "3"))["recovery"]
-    values = values.to_numpy()
-    sem = values.std(ddof=1) / np.sqrt(len(values))
+    cell = results.filter((pl.col("layer") == 2) & (pl.col("position") == "3")).sort("pair_id")
+    values = cell.filter(~pl.col("control"))["recovery"].to_numpy()
+    control = cell.filter(pl.col("control"))["recovery"].to_numpy()
+
+    def bootstrap(x, key):
+        rng = np.random.default_rng([0, zlib.crc32(key.encode())])
+        means = x[rng.integers(0, len(x), size=(2000, len(x)))].mean(axis=1)
+        return np.percentile(means, [2.5, 97.5])
+
+    key = "2|3|recovery"
     assert row["n"] == 5
     np.testing.assert_allclose(
-        [row["mean"], row["sem"], row["ci95_low"], row["ci95_high"]],
-        [values.mean(), sem, values.mean() - 1.959964 * sem, values.mean() + 1.959964 * sem],
-        rtol=1e-6,
+        [row["mean"], row["sem"]], [values.mean(), values.std(ddof=1) / np.sqrt(5)], rtol=1e-9
     )
+    np.testing.assert_allclose([row["ci95_low"], row["ci95_high"]], bootstrap(values, key))
+    np.testing.assert_allclose(
+        [row["control_ci95_low"], row["control_ci95_high"]], bootstrap(control, key + "|control")
+    )
+    diff = bootstrap(values - control, key + "|diff")
+    np.testing.assert_allclose([row["diff_ci95_low"], row["diff_ci95_high"]], diff)
+    assert row["beats_control"] == bool(diff[0] > 0 or diff[1] < 0)
     csv = pl.read_csv(finished.path / "summary.csv")
     assert csv.height == summary.height
+
+
+def test_control_rows_come_from_mismatched_pairs(tmp_path):
+    """Every real row has a control twin on the same cells whose donor is another pair."""
+    finished = execute(prepare(write_recipe(tmp_path, data={"limit": 4})))
+    results = pl.read_parquet(finished.path / "results.parquet")
+    real, control = results.filter(~pl.col("control")), results.filter(pl.col("control"))
+    assert real.height == control.height == 4 * 24
+    assert (real["donor_id"] == real["pair_id"]).all()
+    assert (control["donor_id"] != control["pair_id"]).all()
+    assert control["donor_id"].n_unique() == 4  # a derangement: every pair donates once
+
+
+def test_control_can_be_turned_off(tmp_path):
+    """patch.control = 'none' runs only the real patches."""
+    recipe = write_recipe(tmp_path, patch={"mode": "layer", "control": "none"})
+    results = pl.read_parquet(execute(prepare(recipe)).path / "results.parquet")
+    assert not results["control"].any() and results.height == 3 * 4

@@ -70,7 +70,7 @@ def best_layer_recovery(model: ThoughtModel, pairs) -> tuple[int, float, list[fl
     cells = [(layer, p) for layer in range(model.num_layers) for p in positions]
     base = engine.baselines(pairs, answers, cells, chunk=64)
     specs = [PatchSpec(layer, positions) for layer in range(model.num_layers)]
-    rows = [(spec, i) for spec in specs for i in range(len(pairs))]
+    rows = [(spec, i, i) for spec in specs for i in range(len(pairs))]
     values = engine.patch(pairs, answers, base, rows, batch_size=128)[:, 0]
     per_layer = values.view(len(specs), len(pairs)).mean(dim=1).tolist()
     best = max(range(len(per_layer)), key=per_layer.__getitem__)

@@ -166,8 +166,15 @@ def _pair_problems(num_ops: int) -> set:
     return {(p.start, p.ops) for pair in pairs for p in pair}
 
 
-def train(out: Path, steps: int, batch: int, lr: float, seed: int, num_ops: int,
-          distill_factor: float = DISTILL_FACTOR) -> dict:
+def train(
+    out: Path,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    num_ops: int,
+    distill_factor: float = DISTILL_FACTOR,
+) -> dict:
     torch.set_num_threads(2)
     model = build_model(seed)
     module = model.module.train()

@@ -2,7 +2,8 @@
 
 The public API, imported lazily so `nnpatch --help` stays fast:
 `load_recipe`, `Recipe`, `build_model`, `ThoughtModel`, `prepare`, `execute`,
-`Pair`, `load_pairs`, and the error types.
+`Pair`, `load_pairs`, `load_run` and `Run` (a finished run's tables), `charts`, and the
+error types.
 """
 
 from importlib import import_module
@@ -20,12 +21,25 @@ _LAZY = {
     "execute": "nnpatch.runner",
     "Pair": "nnpatch.pairs",
     "load_pairs": "nnpatch.pairs",
+    "load_run": "nnpatch.report",
+    "Run": "nnpatch.report",
 }
+_MODULES = {"charts": "nnpatch.charts"}  # chart functions for notebooks
 
-__all__ = ["ModelError", "NnpatchError", "PairsError", "RecipeError", "__version__", *_LAZY]
+__all__ = [
+    "ModelError",
+    "NnpatchError",
+    "PairsError",
+    "RecipeError",
+    "__version__",
+    *_LAZY,
+    *_MODULES,
+]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
+    if name in _MODULES:
+        return import_module(_MODULES[name])
     raise AttributeError(f"module 'nnpatch' has no attribute {name!r}")

@@ -95,6 +95,45 @@ def inspect(recipe: str, overrides: tuple[str, ...]) -> None:
         click.echo(describe(loaded, recipe))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report(run_dir: str) -> None:
+    """Re-render a finished RUN_DIR's charts, report.html and summary.md from its tables."""
+    from nnpatch.report import render
+
+    with _errors():
+        files = render(run_dir)
+        click.echo(f"{run_dir}: wrote {len(files)} files (report.html, summary.md, charts/)")
+
+
+@main.command()
+@click.argument("run_a", type=click.Path(file_okay=False))
+@click.argument("run_b", type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Output folder (default: outputs/compare/<A>_vs_<B>).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+def compare(run_a: str, run_b: str, out: str | None, seed: int) -> None:
+    """Difference heatmaps A - B with bootstrap CIs (paired when the runs share pairs)."""
+    from pathlib import Path
+
+    from nnpatch.compare import compare_runs
+
+    with _errors():
+        target = (
+            Path(out)
+            if out
+            else (Path("outputs") / "compare" / f"{Path(run_a).name}_vs_{Path(run_b).name}")
+        )
+        table = compare_runs(run_a, run_b, target, seed)
+        click.echo(
+            f"{target}: {table.height} (cell, metric) differences, "
+            f"{int(table['differs'].sum())} with a CI that excludes zero"
+        )
+
+
 @main.group()
 def pairs() -> None:
     """Make clean/corrupted pair files."""

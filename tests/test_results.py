@@ -25,6 +25,9 @@ def test_run_folder_holds_every_table(tmp_path):
         "baselines.parquet",
         "summary.parquet",
         "summary.csv",
+        "summary.md",
+        "report.html",
+        "charts",
     }
     assert (finished.path / "recipe.toml").read_text() == recipe.read_text()
     manifest = json.loads((finished.path / "manifest.json").read_text())

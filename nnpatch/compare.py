@@ -1,0 +1,120 @@
+"""`nnpatch compare RUN_A RUN_B`: per-cell differences between two runs, with CIs.
+
+For each cell and metric both runs share: mean(A) - mean(B) and a bootstrap 95% CI of that
+difference, paired by pair when the runs used the same pairs (e.g. resid vs thought site,
+denoise vs noise), unpaired otherwise. `differs` marks CIs that exclude zero.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from nnpatch import charts
+from nnpatch.errors import NnpatchError
+from nnpatch.report import BUNDLE, _chart_page, _table, load_run
+from nnpatch.rundir import write_table, write_text
+from nnpatch.stats import RESAMPLES, bootstrap_ci, generator
+
+
+def compare_runs(a: str | Path, b: str | Path, out: str | Path, seed: int = 0) -> pl.DataFrame:
+    run_a, run_b = load_run(a), load_run(b)
+    metrics = [m for m in run_a.metrics if m in run_b.metrics]
+    keyed = [_real_rows(run_a), _real_rows(run_b)]
+    cells = (
+        keyed[0]
+        .select("layer", "where")
+        .unique()
+        .join(keyed[1].select("layer", "where").unique(), on=["layer", "where"], nulls_equal=True)
+    )
+    if cells.is_empty() or not metrics:
+        raise NnpatchError(f"{a} and {b} share no (cell, metric) to compare")
+    rows = []
+    for layer, where in cells.sort("layer", "where", nulls_last=True).iter_rows():
+        side = [
+            k.filter(pl.col("layer").eq_missing(layer) & (pl.col("where") == where)).sort("pair_id")
+            for k in keyed
+        ]
+        paired = side[0]["pair_id"].to_list() == side[1]["pair_id"].to_list()
+        for metric in metrics:
+            va, vb = (s[metric].to_numpy().astype(float) for s in side)
+            key = f"{layer}|{where}|{metric}"
+            low, high = (
+                bootstrap_ci(va - vb, generator(seed, key))
+                if paired
+                else _unpaired_ci(va, vb, seed, key)
+            )
+            rows.append(
+                {
+                    "layer": layer,
+                    "positions": where.split(","),
+                    "metric": metric,
+                    "mean_a": float(va.mean()),
+                    "mean_b": float(vb.mean()),
+                    "mean": float(va.mean() - vb.mean()),
+                    "ci95_low": low,
+                    "ci95_high": high,
+                    "n": min(len(va), len(vb)),
+                    "paired": paired,
+                    "differs": bool(low > 0 or high < 0),
+                }
+            )
+    table = pl.DataFrame(rows, schema_overrides={"layer": pl.Int64}, infer_schema_length=None)
+    _write(table, run_a, run_b, Path(out))
+    return table
+
+
+def _real_rows(run) -> pl.DataFrame:
+    return run.results.filter(~pl.col("control")).with_columns(
+        pl.col("positions").list.join(",").alias("where")
+    )
+
+
+def _unpaired_ci(va: np.ndarray, vb: np.ndarray, seed: int, key: str) -> tuple[float, float]:
+    """Bootstrap the two means independently; the CI of their difference."""
+    ra, rb = generator(seed, key + "|a"), generator(seed, key + "|b")
+    ma = va[ra.integers(0, len(va), (RESAMPLES, len(va)))].mean(1)
+    mb = vb[rb.integers(0, len(vb), (RESAMPLES, len(vb)))].mean(1)
+    low, high = np.percentile(ma - mb, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _write(table: pl.DataFrame, run_a, run_b, out: Path) -> None:
+    import vl_convert as vlc
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(out / "compare.parquet", table)
+    write_table(out / "compare.csv", table)
+    as_summary = table.with_columns(
+        pl.lit(None, dtype=pl.String).alias("position"),
+        pl.lit(None).alias("control_mean"),
+        pl.col("differs").alias("beats_control"),
+    )
+    bundle = vlc.javascript_bundle()
+    write_text(out / BUNDLE, bundle)
+    specs = {}
+    for metric in table["metric"].unique(maintain_order=True):
+        title = f"{metric}: A - B (* = CI excludes zero)"
+        spec = charts.heatmap(as_summary, metric, run_a.positions, title).to_dict()
+        specs[metric] = spec
+        write_text(out / f"diff_{metric}.html", _chart_page(metric, spec))
+        (out / f"diff_{metric}.png").write_bytes(vlc.vegalite_to_png(spec, scale=2))
+    header = ["metric", "cells", "cells that differ"]
+    counts = [
+        [m, str(g.height), str(int(g["differs"].sum()))]
+        for (m,), g in table.group_by("metric", maintain_order=True)
+    ]
+    divs = "".join(f'<div id="c{i}"></div>' for i in range(len(specs)))
+    embeds = "".join(
+        f"vegaEmbed('#c{i}', {json.dumps(s)}, {{actions: false}});"
+        for i, s in enumerate(specs.values())
+    )
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>compare</title>'
+        f"<script>{bundle}</script></head><body><h1>A: {run_a.path}<br>B: {run_b.path}</h1>"
+        f"{_table(header, counts)}{divs}<script>{embeds}</script></body></html>\n"
+    )
+    write_text(out / "compare.html", page)

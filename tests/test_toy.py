@@ -57,3 +57,24 @@ def test_gate_a_layer_recovers_the_answer(toy):
     """Gate 3: some layer's full-thought patch recovers at least half the logit difference."""
     _, recovery, _ = best_layer_recovery(toy, toy_arithmetic())
     assert recovery >= 0.5
+
+
+def test_training_is_deterministic(tmp_path):
+    """Two runs with the same seed write identical weights."""
+    from safetensors.torch import load_file
+
+    from nnpatch.toy.train import train
+
+    for name in ("a", "b"):
+        train(
+            tmp_path / name,
+            steps=3,
+            batch=4,
+            lr=1e-3,
+            seed=0,
+            num_ops=2,
+            teacher_steps=1,
+            evaluate_every=0,
+        )
+    a, b = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("a", "b"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

@@ -125,6 +125,15 @@ def student_forward(module: CodiModel, b: dict) -> tuple[torch.Tensor, tuple[tor
     return logits, tuple(h[:, colon] for h in out.hidden_states[1:])
 
 
+def teacher_loss(model: ThoughtModel, b: dict) -> torch.Tensor:
+    logits = model.module.lm(input_ids=b["teacher"], attention_mask=b["teacher_mask"]).logits
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        b["labels"][:, 1:].reshape(-1),
+        ignore_index=-100,
+    )
+
+
 def losses(model: ThoughtModel, b: dict) -> dict[str, torch.Tensor]:
     module = model.module
     teacher = module.lm(
@@ -174,7 +183,11 @@ def train(
     seed: int,
     num_ops: int,
     distill_factor: float = DISTILL_FACTOR,
+    teacher_steps: int = 0,
+    evaluate_every: int = 100,
 ) -> dict:
+    """`teacher_steps` first train the explicit-steps task alone (a warm-up: the student learns
+    nothing until the teacher can do the arithmetic), then CODI's joint objective."""
     torch.set_num_threads(2)
     model = build_model(seed)
     module = model.module.train()
@@ -190,14 +203,18 @@ def train(
     started = time.time()
     for step in range(steps):
         b = encode_batch(model, [_fresh(rng, num_ops, unseen) for _ in range(batch)])
-        parts = losses(model, b)
-        loss = parts["teacher_ce"] + parts["student_ce"] + distill_factor * parts["distill"]
+        if step < teacher_steps:
+            parts = {"teacher_ce": teacher_loss(model, b)}
+            loss = parts["teacher_ce"]
+        else:
+            parts = losses(model, b)
+            loss = parts["teacher_ce"] + parts["student_ce"] + distill_factor * parts["distill"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 2.0)
         optimizer.step()
         schedule.step()
-        if step % 100 == 0 or step == steps - 1:
+        if evaluate_every and (step % evaluate_every == 0 or step == steps - 1):
             module.eval()
             acc = accuracy(model, problems[:128])
             module.train()
@@ -214,10 +231,12 @@ def train(
         "lr": lr,
         "seed": seed,
         "num_ops": num_ops,
+        "distill_factor": distill_factor,
+        "teacher_steps": teacher_steps,
         "train_seconds": round(time.time() - started),
         "shape": SHAPE,
         "num_thoughts": NUM_THOUGHTS,
-        "held_out_accuracy": accuracy(model, problems),
+        "held_out_accuracy": accuracy(model, problems) if evaluate_every else None,
     }
     save(model, out, card)
     return card
@@ -251,9 +270,19 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--distill", type=float, default=DISTILL_FACTOR)
+    parser.add_argument("--teacher-steps", type=int, default=0)
     parser.add_argument("--num-ops", type=int, default=NUM_OPS)
     args = parser.parse_args()
-    card = train(args.out, args.steps, args.batch, args.lr, args.seed, args.num_ops, args.distill)
+    card = train(
+        args.out,
+        args.steps,
+        args.batch,
+        args.lr,
+        args.seed,
+        args.num_ops,
+        args.distill,
+        args.teacher_steps,
+    )
     print(json.dumps(card, indent=2))
 
 

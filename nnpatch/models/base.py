@@ -69,7 +69,21 @@ class Encoded:
         )
 
 
-class ThoughtModel:
+class PlacedModule:
+    """Where a wrapped `module`'s weights live."""
+
+    module: torch.nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+
+class ThoughtModel(PlacedModule):
     """A CODI-architecture model with its tokenizer, ready to encode and patch."""
 
     def __init__(
@@ -95,14 +109,6 @@ class ThoughtModel:
     @property
     def num_thoughts(self) -> int:
         return self.module.num_thoughts
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.module.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.module.parameters()).dtype
 
     @property
     def shape(self) -> ModelShape:

@@ -19,13 +19,20 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nnpatch.errors import ModelError, PairsError
-from nnpatch.models.base import ANSWER_PREFIX, Cell, Encoded, ModelShape, pad_rows
+from nnpatch.models.base import (
+    ANSWER_PREFIX,
+    Cell,
+    Encoded,
+    ModelShape,
+    PlacedModule,
+    pad_rows,
+)
 from nnpatch.models.families import Family, family_of
 
 MARKERS = ("[[", "]]")
 
 
-class CausalLM:
+class CausalLM(PlacedModule):
     """A Hugging Face causal LM with its tokenizer, patched over a marked span."""
 
     row_copies = 2  # each row runs with the clean and with the corrupted answer
@@ -52,14 +59,6 @@ class CausalLM:
     @property
     def num_layers(self) -> int:
         return self.module.config.num_hidden_layers
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.module.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.module.parameters()).dtype
 
     @property
     def shape(self) -> ModelShape:

@@ -21,7 +21,7 @@ TOOLTIP = [
     alt.Tooltip("ci95_high:Q", format="+.3f", title="CI high"),
     alt.Tooltip("n:Q"),
     alt.Tooltip("control_mean:Q", format="+.3f", title="control"),
-    alt.Tooltip("beats_control:N", title="beats control"),
+    alt.Tooltip("differs_from_control:N", title="differs from control"),
 ]
 
 
@@ -36,7 +36,10 @@ def _with_labels(summary: pl.DataFrame) -> pl.DataFrame:
         pl.col("positions").list.len().alias("k_plus_1"),
     ).with_columns(
         pl.format("{} {}", pl.col("layer_label"), pl.col("where")).alias("cell"),
-        pl.when(pl.col("beats_control")).then(pl.lit("*")).otherwise(pl.lit("")).alias("mark"),
+        pl.when(pl.col("differs_from_control"))
+        .then(pl.lit("*"))
+        .otherwise(pl.lit(""))
+        .alias("mark"),
     )
 
 
@@ -66,7 +69,7 @@ def heatmap(
         color=alt.Color("mean:Q", scale=scale, title=f"mean {metric}"), tooltip=TOOLTIP
     )
     marks = base.mark_text(fontSize=16, color="black").encode(text="mark:N")
-    title = title or f"{metric}: mean over pairs (* = beats the random-donor control)"
+    title = title or f"{metric}: mean over pairs (* = differs from the random-donor control)"
     return (rects + marks).properties(
         title=title, width=max(220, 40 * len(wheres)), height=max(140, 28 * len(layers))
     )

@@ -1,7 +1,7 @@
 """`nnpatch compare RUN_A RUN_B`: per-cell differences between two runs, with CIs.
 
 For each cell and metric both runs share: mean(A) - mean(B) and a bootstrap 95% CI of that
-difference, paired by pair when the runs used the same pairs (e.g. resid vs thought site,
+difference, paired by pair when the runs used the same pairs (e.g. resid vs attn site,
 denoise vs noise), unpaired otherwise. `differs` marks CIs that exclude zero.
 """
 
@@ -91,7 +91,7 @@ def _write(table: pl.DataFrame, run_a, run_b, out: Path) -> None:
     as_summary = table.with_columns(
         pl.lit(None, dtype=pl.String).alias("position"),
         pl.lit(None).alias("control_mean"),
-        pl.col("differs").alias("beats_control"),
+        pl.col("differs").alias("differs_from_control"),
     )
     bundle = vlc.javascript_bundle()
     write_text(out / BUNDLE, bundle)

@@ -66,17 +66,15 @@ def _unavailable(section) -> list[str]:
     from nnpatch.models.hub import resolve_folder
 
     missing = []
-    for field, ref in (("model.base", section.base), ("model.checkpoint", section.checkpoint)):
+    needed = [("model.checkpoint", section.checkpoint, ["*.safetensors", "*.bin", "checkpoint_*"])]
+    if section.kind != "causal_lm" or section.base:  # a causal_lm's base is optional
+        needed.insert(0, ("model.base", section.base, ["config.json", "tokenizer*"]))
+    for field, ref, patterns in needed:
         if not ref:
             missing.append(f"{field}: not set")
             continue
         try:
-            resolve_folder(
-                ref,
-                field,
-                ["config.json", "*.safetensors", "*.bin", "checkpoint_*"],
-                section.revision,
-            )
+            resolve_folder(ref, field, patterns, section.revision)
         except ModelError as err:
             missing.append(str(err))
     return missing

@@ -73,13 +73,21 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+GAP_EPS = 1e-6  # a clean-corrupted logit gap below this leaves recovery undefined
+
+
+def _recovery(s: Scores, r: References) -> torch.Tensor:
+    """(ld - ld_corrupt) / (ld_clean - ld_corrupt); NaN where the gap is ~0 (not ±inf)."""
+    gap = r.clean_logit_diff - r.corrupt_logit_diff
+    value = (s.logit_diff - r.corrupt_logit_diff) / gap
+    return torch.where(gap.abs() > GAP_EPS, value, torch.full_like(value, float("nan")))
+
+
 Metric = Callable[[Scores, References], torch.Tensor]
 
 METRICS: dict[str, Metric] = {
     "logit_diff": lambda s, r: s.logit_diff,
-    "recovery": lambda s, r: (
-        (s.logit_diff - r.corrupt_logit_diff) / (r.clean_logit_diff - r.corrupt_logit_diff)
-    ),
+    "recovery": lambda s, r: _recovery(s, r),
     "logprob_diff": lambda s, r: s.logprob_clean - s.logprob_corrupt,
     "kl_to_clean": lambda s, r: _kl(r.clean_logits, s.logits),
     "kl_from_corrupt": lambda s, r: _kl(s.logits, r.corrupt_logits),

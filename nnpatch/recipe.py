@@ -64,7 +64,9 @@ class DataSection(Strict):
 
 class PatchCommon(Strict):
     site: Literal["resid", "attn", "mlp", "thought"] = "resid"
-    layers: Literal["all"] | list[Annotated[int, Field(ge=0)]] = "all"
+    layers: Literal["all"] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = (
+        "all"
+    )
     positions: Positions = "all"
     direction: Literal["denoise", "noise"] = "denoise"
     # noise floor: the same cells patched from a mismatched pair (seeded derangement)

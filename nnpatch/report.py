@@ -122,7 +122,7 @@ def _top_rows(run: Run) -> list[list[str]]:
     rows = []
     for row in _top(run).iter_rows(named=True):
         control = "" if row["control_mean"] is None else _fmt(row["control_mean"])
-        beats = {True: "yes", False: "no", None: ""}[row["beats_control"]]
+        beats = {True: "yes", False: "no", None: ""}[row["differs_from_control"]]
         rows.append(
             [
                 cell_label(row),
@@ -136,7 +136,7 @@ def _top_rows(run: Run) -> list[list[str]]:
     return rows
 
 
-TOP_HEADER = ["cell", "mean", "95% CI", "n", "control", "beats control"]
+TOP_HEADER = ["cell", "mean", "95% CI", "n", "control", "differs from control"]
 
 
 def _baseline_rows(run: Run) -> list[list[str]]:
@@ -200,7 +200,7 @@ def _page(run: Run, specs: dict[str, dict], bundle: str) -> str:
 <h2>Baselines (mean over pairs)</h2>
 {_table(["metric", "clean", "corrupted"], _baseline_rows(run))}
 <h2>Top cells by mean {html.escape(run.lead_metric)}</h2>
-<p>95% CIs are percentile bootstraps over pairs. A cell beats the control when the CI of its
+<p>95% CIs are percentile bootstraps over pairs. A cell differs from the control when the CI of its
 paired difference to the random-donor control excludes zero.</p>
 {_table(TOP_HEADER, _top_rows(run))}
 <h2>Charts</h2>{divs}

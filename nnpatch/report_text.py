@@ -41,7 +41,7 @@ def render_summary(prep, finished) -> str:
         ci = f"95% CI [{row['ci95_low']:+.3f}, {row['ci95_high']:+.3f}]"
         control = ""
         if row["control_mean"] is not None:
-            mark = "beats control" if row["beats_control"] else "within control"
+            mark = "differs from control" if row["differs_from_control"] else "within control"
             control = f"  control {row['control_mean']:+.3f} ({mark})"
         lines.append(f"  {cell_label(row):<16} {row['mean']:+.3f}  {ci}  n={row['n']}{control}")
     return "\n".join(lines)

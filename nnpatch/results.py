@@ -75,7 +75,7 @@ def baselines_table(
 def summarize(results: pl.DataFrame, names: list[str], seed: int = 0) -> pl.DataFrame:
     """Per cell and metric: n, mean, sem, bootstrap 95% CI over pairs, and the control.
 
-    A cell "beats control" when the bootstrap CI of (patched - control), paired by pair,
+    A cell "differs from control" when the bootstrap CI of (patched - control), paired by pair,
     excludes zero: it moves the answer more than patching the same cells from a mismatched
     pair does.
     """
@@ -105,7 +105,7 @@ def summarize(results: pl.DataFrame, names: list[str], seed: int = 0) -> pl.Data
             "control_ci95_high": pl.Float64,
             "diff_ci95_low": pl.Float64,
             "diff_ci95_high": pl.Float64,
-            "beats_control": pl.Boolean,
+            "differs_from_control": pl.Boolean,
         },
         infer_schema_length=None,
     )

@@ -66,6 +66,7 @@ def prepare(
     if output is not None:
         overrides.append(f"run.output={json.dumps(str(output))}")
     recipe, pairs, counts = _recipe_and_pairs(source, overrides)
+    _check_output(Path(recipe.run.output), source)
     torch.manual_seed(recipe.run.seed)
     model = build_model(recipe.model, source)
     if recipe.data.filter == "both-correct":
@@ -236,6 +237,18 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     return Finished(
         path, results, baselines, summary, {"baselines_s": baseline_s, "patch_s": patch_s}
     )
+
+
+def _check_output(output: Path, source: Path) -> None:
+    """run.output must be a folder we can write (or create), checked before any work."""
+    existing = next((p for p in [output, *output.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise RecipeError(
+            source,
+            "run.output",
+            f"{existing} is a file, not a folder",
+            "point run.output (or --out) at a folder",
+        )
 
 
 def control_donors(count: int, seed: int) -> list[int]:

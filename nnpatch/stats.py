@@ -30,10 +30,35 @@ def bootstrap_ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, f
     return float(low), float(high)
 
 
+EMPTY = dict.fromkeys(
+    [
+        "mean",
+        "sem",
+        "ci95_low",
+        "ci95_high",
+        "control_mean",
+        "control_ci95_low",
+        "control_ci95_high",
+        "diff_ci95_low",
+        "diff_ci95_high",
+        "differs_from_control",
+    ]
+)
+
+
 def cell_stats(values: np.ndarray, control: np.ndarray | None, seed: int, key: str) -> dict:
     """mean, sem, CI; with control rows (same pairs, same order): their CI, the paired
-    difference's CI, and whether that excludes zero (the cell beats the noise floor)."""
+    difference's CI, and whether that excludes zero (the cell differs from the noise floor).
+
+    Pairs whose value (or control value) is not finite, e.g. recovery where the clean and
+    corrupted logit differences coincide, are left out and counted in `nonfinite_pairs`."""
+    finite = np.isfinite(values) if control is None else np.isfinite(values) & np.isfinite(control)
+    dropped = int(len(values) - finite.sum())
+    values = values[finite]
+    control = None if control is None else control[finite]
     n = len(values)
+    if n == 0:
+        return {**EMPTY, "n": 0, "nonfinite_pairs": dropped}
     low, high = bootstrap_ci(values, generator(seed, key))
     out = {
         "n": n,
@@ -46,7 +71,8 @@ def cell_stats(values: np.ndarray, control: np.ndarray | None, seed: int, key: s
         "control_ci95_high": None,
         "diff_ci95_low": None,
         "diff_ci95_high": None,
-        "beats_control": None,
+        "differs_from_control": None,
+        "nonfinite_pairs": dropped,
     }
     if control is not None:
         c_low, c_high = bootstrap_ci(control, generator(seed, key + "|control"))
@@ -57,6 +83,6 @@ def cell_stats(values: np.ndarray, control: np.ndarray | None, seed: int, key: s
             control_ci95_high=c_high,
             diff_ci95_low=d_low,
             diff_ci95_high=d_high,
-            beats_control=bool(d_low > 0 or d_high < 0),
+            differs_from_control=bool(d_low > 0 or d_high < 0),
         )
     return out

@@ -97,6 +97,11 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         ),
         (["run", str(tmp_path / "nope.toml")], r"nope\.toml: \(file\): no such recipe file"),
         (["validate", str(base), "--set", "metrics.names=['l3']"], r"metrics\.names"),
+        (["run", str(base), "--set", "patch.layers=[]"], r"patch\.layers"),
+        (
+            ["run", str(base), "--set", f"run.output={json.dumps(str(equal))}"],
+            r"run\.output: .* is a file, not a folder",
+        ),
     ]
 
 

@@ -57,3 +57,10 @@ def test_recovery_is_zero_at_corrupt_and_one_at_clean():
     assert values["clean"][1] == 0.0 and values["corrupt"][2] == 0.0
     assert math.isclose(values["clean"][3], math.sqrt(9 + 1), rel_tol=1e-6)
     assert values["clean"][4] == 1.0 and values["corrupt"][4] == 0.0
+
+
+def test_recovery_is_nan_not_inf_when_the_gap_vanishes():
+    """A pair whose clean and corrupted logit differences coincide has no recovery."""
+    s = M.score(logits([0, 0, 2.0, 1.0]), logits([0, 0, 2.0, 1.0]), targets())
+    refs = M.References(s.logits, s.logits, s.logits.argmax(-1), s.logit_diff, s.logit_diff)
+    assert torch.isnan(M.compute(["recovery"], s, refs)).all()

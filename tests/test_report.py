@@ -54,7 +54,7 @@ def test_run_writes_charts_report_and_summary(run_dirs):
         assert width >= 300 and height >= 200, (png.name, width, height)
     assert "layer_recovery" in {p.stem for p in (run_dirs["layer"] / "charts").glob("*.png")}
     summary = (folder / "summary.md").read_text()
-    assert "## Top cells by mean recovery" in summary and "| beats control |" in summary
+    assert "## Top cells by mean recovery" in summary and "| differs from control |" in summary
 
 
 def test_report_command_reproduces_the_files(run_dirs):

@@ -81,7 +81,7 @@ def test_summary_matches_numpy(tmp_path):
     )
     diff = bootstrap(values - control, key + "|diff")
     np.testing.assert_allclose([row["diff_ci95_low"], row["diff_ci95_high"]], diff)
-    assert row["beats_control"] == bool(diff[0] > 0 or diff[1] < 0)
+    assert row["differs_from_control"] == bool(diff[0] > 0 or diff[1] < 0)
     csv = pl.read_csv(finished.path / "summary.csv")
     assert csv.height == summary.height
 

@@ -49,6 +49,11 @@ def model_shape(section: ModelSection, source: str | Path = "<recipe>") -> Model
     """Layers and thoughts from a preset or a checkpoint's base config, without weights."""
     if section.kind is None:
         return _preset(section, source).shape
+    if section.kind == "causal_lm":
+        raise ModelError(
+            f"{source}: a causal_lm's positions are span tokens, known once its "
+            "tokenizer reads the pairs; nnpatch inspect or run checks them"
+        )
     from transformers import AutoConfig
 
     from nnpatch.models.hub import resolve_folder
@@ -88,6 +93,13 @@ def _device(name: str, source: str | Path) -> torch.device:
             "model.device",
             "CUDA is not available on this machine",
             "use --set model.device=cpu",
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RecipeError(
+            source,
+            "model.device",
+            f"there is no {name}",
+            f"this machine has {torch.cuda.device_count()} CUDA device(s)",
         )
     return device
 

@@ -63,7 +63,10 @@ class CausalLM(PlacedModule):
     @property
     def shape(self) -> ModelShape:
         if self.span_length is None:
-            raise ModelError(f"{self.name}: span positions are known once pairs are bound")
+            raise ModelError(
+                f"{self.name}: span positions are known once its tokenizer reads "
+                "the pairs; nnpatch run checks them"
+            )
         return ModelShape(
             self.name, self.num_layers, self.span_length, named_positions=False, sites=self.sites
         )

@@ -106,7 +106,8 @@ def merge_lora(
         delta = (b @ a) * (alpha / a.shape[0])
         if _is_conv1d(lm, module):
             delta = delta.T
-        merged[f"{module}.weight"] = (value.float() + delta).to(value.dtype)
+        # kept in float32: the recipe's dtype is applied once, after loading
+        merged[f"{module}.weight"] = value.float() + delta
         used.update((a_key, b_key))
         report.merged_lora.append(module)
     report.unexpected += sorted(lora - used - set(report.missing))

@@ -76,6 +76,12 @@ class CodiModel(nn.Module):
     def num_layers(self) -> int:
         return self.lm.config.num_hidden_layers
 
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Answer logits in float32: in bfloat16 a logit of 20 is only good to 0.125."""
+        head = self.lm.lm_head
+        bias = None if head.bias is None else head.bias.float()
+        return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+
     def _decode(
         self,
         cache: DynamicCache,
@@ -130,7 +136,7 @@ class CodiModel(nn.Module):
         tail_positions = state.next_position + torch.arange(tail.shape[1], device=tail.device)
         hidden = self._decode(cache, tail_mask, tail_positions, ids=tail)
         first = prefix.shape[1]  # tail index of the last prefix token
-        logits_clean = self.lm.lm_head(hidden[:, first : first + clean_answer.shape[1]])
+        logits_clean = self._logits(hidden[:, first : first + clean_answer.shape[1]])
 
         truncate_cache(cache, length_before_answer)
         corrupt_mask = torch.cat(
@@ -145,7 +151,7 @@ class CodiModel(nn.Module):
         logits_corrupt = torch.cat(
             [
                 logits_clean[:, :1],
-                self.lm.lm_head(hidden_corrupt[:, : corrupt_answer.shape[1] - 1]),
+                self._logits(hidden_corrupt[:, : corrupt_answer.shape[1] - 1]),
             ],
             dim=1,
         )
@@ -168,7 +174,7 @@ class CodiModel(nn.Module):
         for _ in range(max_new):
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             hidden = self._decode(state.cache, mask, position, ids=token)
-            logits = self.lm.lm_head(hidden[:, -1]).float()
+            logits = self._logits(hidden[:, -1]).float()
             logits[:, self.text_vocab :] = float("-inf")
             token = logits.argmax(-1, keepdim=True)
             for row in range(batch):

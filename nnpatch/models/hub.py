@@ -19,7 +19,7 @@ def resolve_folder(ref: str, field: str, patterns: list[str], revision: str | No
         if not path.is_dir():
             return path.parent
         return path
-    if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
+    if ref.count("/") > 1 or ref.startswith((".", "/", "~")):
         raise ModelError(f"{field}: {ref!r} is not a folder here and not a hub id (owner/name)")
     from huggingface_hub import constants, snapshot_download
 

@@ -138,7 +138,10 @@ def make_pairs(
             break
         counts["read"] += 1
         try:
-            records.append(_pair_for_row(row, index, random.Random(f"{seed}:{index}")))
+            record = _pair_for_row(row, index, random.Random(f"{seed}:{index}"))
+            if seed:  # another seed changes another number: the id must differ too
+                record["id"] = f"{record['id']}-s{seed}"
+            records.append(record)
             counts["kept"] += 1
         except Skip as skip:
             counts[f"skipped_{skip.reason}"] += 1

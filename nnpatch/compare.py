@@ -1,7 +1,7 @@
 """`nnpatch compare RUN_A RUN_B`: per-cell differences between two runs, with CIs.
 
 For each cell and metric both runs share: mean(A) - mean(B) and a bootstrap 95% CI of that
-difference, paired by pair when the runs used the same pairs (e.g. resid vs attn site,
+difference, paired by pair when the runs used the same pairs (e.g. resid vs thought site,
 denoise vs noise), unpaired otherwise. `differs` marks CIs that exclude zero.
 """
 
@@ -24,6 +24,13 @@ def compare_runs(a: str | Path, b: str | Path, out: str | Path, seed: int = 0) -
     run_a, run_b = load_run(a), load_run(b)
     metrics = [m for m in run_a.metrics if m in run_b.metrics]
     keyed = [_real_rows(run_a), _real_rows(run_b)]
+    # site `thought` has no layers: its cells stand against every layer of the other run
+    for mine, other in ((0, 1), (1, 0)):
+        if keyed[mine]["layer"].is_null().all() and not keyed[other]["layer"].is_null().all():
+            layers = keyed[other].select(pl.col("layer").unique().alias("layer_"))
+            keyed[mine] = (
+                keyed[mine].drop("layer").join(layers, how="cross").rename({"layer_": "layer"})
+            )
     cells = (
         keyed[0]
         .select("layer", "where")

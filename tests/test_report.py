@@ -141,3 +141,33 @@ def test_report_renders_in_headless_chromium(run_dirs, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"))
     charts_area = pixels[1100:2300]  # below the tables: the first rows of charts
     assert (charts_area < 200).mean() > 0.05, "the chart area is blank"
+
+
+def test_compare_resid_against_thought_site(tmp_path):
+    """The thought site (no layers) is compared against every layer of a resid run."""
+    runs = {}
+    for site in ("resid", "thought"):
+        recipe = write_recipe(
+            tmp_path,
+            name=site,
+            data={"limit": 4},
+            patch={"mode": "single", "site": site, "positions": [0, 3]},
+        )
+        runs[site] = execute(prepare(recipe)).path
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(
+        main, ["compare", str(runs["resid"]), str(runs["thought"]), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(out / "compare.parquet")
+    assert sorted(table["layer"].unique().to_list()) == [0, 1, 2, 3]
+    row = table.filter(
+        (pl.col("metric") == "logit_diff") & (pl.col("layer") == 2) & (pl.col("positions") == ["3"])
+    ).row(0, named=True)
+    a, b = load_run(runs["resid"]).results, load_run(runs["thought"]).results
+    real = ~pl.col("control") & (pl.col("position") == "3")
+    expected = (
+        a.filter(real & (pl.col("layer") == 2))["logit_diff"].mean()
+        - b.filter(real)["logit_diff"].mean()
+    )
+    np.testing.assert_allclose(row["mean"], expected, rtol=1e-9)

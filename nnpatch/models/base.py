@@ -70,9 +70,18 @@ class Encoded:
 
 
 class PlacedModule:
-    """Where a wrapped `module`'s weights live."""
+    """What both model adapters share: where the module's weights live, the tokenizer's eos."""
 
     module: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+
+    @property
+    def eos_id(self) -> int:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ModelError(f"{self.name}: the tokenizer has no eos token")
+        return eos
 
     @property
     def device(self) -> torch.device:
@@ -141,13 +150,6 @@ class ThoughtModel(PlacedModule):
         """
         ids = self.tokenizer(" " + answer.strip(), add_special_tokens=False).input_ids
         return [*ids, self.eos_id]
-
-    @property
-    def eos_id(self) -> int:
-        eos = self.tokenizer.eos_token_id
-        if eos is None:
-            raise ModelError(f"{self.name}: the tokenizer has no eos token")
-        return eos
 
     def prefix_ids(self) -> list[int]:
         return self.tokenizer(self.answer_prefix, add_special_tokens=False).input_ids

@@ -79,13 +79,6 @@ class CausalLM(PlacedModule):
         pad = self.tokenizer.pad_token_id
         return self.eos_id if pad is None else pad
 
-    @property
-    def eos_id(self) -> int:
-        eos = self.tokenizer.eos_token_id
-        if eos is None:
-            raise ModelError(f"{self.name}: the tokenizer has no eos token")
-        return eos
-
     # ---- text ------------------------------------------------------------------------------
     def pieces(self, prompt: str) -> tuple[list[int], list[int], list[int]]:
         """Token ids before, inside and after the marked span (no markers: all span)."""

@@ -15,7 +15,7 @@ import polars as pl
 
 from nnpatch import charts
 from nnpatch.errors import NnpatchError
-from nnpatch.results import cell_label
+from nnpatch.results import cell_label, lead_metric, top_cells
 from nnpatch.rundir import write_text
 
 TOP = 10
@@ -40,7 +40,7 @@ class Run:
 
     @property
     def lead_metric(self) -> str:
-        return "recovery" if "recovery" in self.metrics else self.metrics[0]
+        return lead_metric(self.metrics)
 
     @property
     def positions(self) -> list[str]:
@@ -107,11 +107,7 @@ def render(path: str | Path, manifest: dict | None = None) -> list[Path]:
 
 
 def _top(run: Run) -> pl.DataFrame:
-    return (
-        run.summary.filter(pl.col("metric") == run.lead_metric)
-        .sort("mean", descending=True, nulls_last=True)
-        .head(TOP)
-    )
+    return top_cells(run.summary, run.lead_metric, TOP)
 
 
 def _fmt(value, spec: str = "+.3f") -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import polars as pl
-
-from nnpatch.results import cell_label
+from nnpatch.results import cell_label, lead_metric, top_cells
 
 TOP = 8
 
@@ -12,7 +10,7 @@ TOP = 8
 def render_summary(prep, finished) -> str:
     recipe, base = prep.recipe, finished.baselines
     names = recipe.metrics.names
-    lead = "recovery" if "recovery" in names else names[0]
+    lead = lead_metric(names)
     lines = [
         f"run folder: {finished.path}",
         f"model {prep.model.name} | pairs {len(prep.pairs)} | rows {finished.results.height} | "
@@ -28,11 +26,7 @@ def render_summary(prep, finished) -> str:
         f"  clean top-1 correct {base['clean_top1_is_clean_answer'].mean():.0%}   "
         f"corrupted top-1 correct {base['corrupted_top1_is_corrupted_answer'].mean():.0%}"
     )
-    top = (
-        finished.summary.filter(pl.col("metric") == lead)
-        .sort("mean", descending=True, nulls_last=True)
-        .head(TOP)
-    )
+    top = top_cells(finished.summary, lead, TOP)
     lines.append(
         f"top cells by mean {lead} ({recipe.patch.mode}, {recipe.patch.site}, "
         f"{recipe.patch.direction}):"

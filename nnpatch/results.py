@@ -111,6 +111,20 @@ def summarize(results: pl.DataFrame, names: list[str], seed: int = 0) -> pl.Data
     )
 
 
+def lead_metric(names: list[str]) -> str:
+    """The metric cells are ranked by: recovery when measured, else the first one."""
+    return "recovery" if "recovery" in names else names[0]
+
+
+def top_cells(summary: pl.DataFrame, metric: str, count: int) -> pl.DataFrame:
+    """The `count` cells with the highest mean `metric`."""
+    return (
+        summary.filter(pl.col("metric") == metric)
+        .sort("mean", descending=True, nulls_last=True)
+        .head(count)
+    )
+
+
 def cell_key(row: dict, metric: str) -> str:
     """The stable name a cell's bootstrap generator is seeded with."""
     return f"{row['layer']}|{','.join(row['positions'])}|{metric}"

@@ -22,6 +22,10 @@ RUN_HELP = """Run the patching sweep a RECIPE describes and write a run folder.
 \b
 Example:
   nnpatch run recipes/position.toml --set patch.direction=noise --limit 8
+  nnpatch run --resume outputs/position/20261125T101500Z_1a2b3c
+
+Rows are saved as batches finish; a run stopped by Ctrl-C, a kill or a crash continues
+with --resume, which refuses if the recipe, the model's weights or the pairs changed.
 """
 
 
@@ -34,23 +38,48 @@ def main() -> None:
 
 
 @main.command(help=RUN_HELP)
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path(dir_okay=False), required=False)
 @SET_OPTION
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N pairs.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (run.output).")
-def run(recipe: str, overrides: tuple[str, ...], limit: int | None, out: str | None) -> None:
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False),
+    help="Continue an interrupted run in RUN_DIR (its recipe, overrides and saved rows).",
+)
+def run(
+    recipe: str | None,
+    overrides: tuple[str, ...],
+    limit: int | None,
+    out: str | None,
+    resume_dir: str | None,
+) -> None:
+    from pathlib import Path
+
     from nnpatch.report_text import render_summary
+    from nnpatch.resume import resume_source
     from nnpatch.runner import execute, prepare
 
+    if (recipe is None) == (resume_dir is None):
+        raise click.UsageError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
+    if resume_dir is not None and (overrides or limit or out):
+        raise click.UsageError("--resume takes the recipe, overrides and output of the run")
     with _errors():
-        prep = prepare(recipe, list(overrides), limit, out)
+        resume = None
+        if resume_dir is not None:
+            manifest, recipe, recorded = resume_source(Path(resume_dir))
+            prep = prepare(recipe, recorded)
+            resume = (Path(resume_dir), manifest)
+        else:
+            prep = prepare(recipe, list(overrides), limit, out)
         rows = len(prep.plan) * len(prep.pairs)
         click.echo(
             f"{prep.model.name}: {len(prep.pairs)} pairs × {len(prep.plan)} patches "
             f"= {rows} rows, batch {prep.recipe.run.batch_size}",
             err=True,
         )
-        finished = execute(prep, progress=_progress)
+        finished = execute(prep, progress=_progress, resume=resume)
         click.echo(render_summary(prep, finished))
 
 
@@ -193,6 +222,8 @@ class _errors:
             click.echo(f"Error: {err}", err=True)
             sys.exit(err.exit_code)
         if isinstance(err, KeyboardInterrupt):
-            click.echo("Interrupted.", err=True)
+            run_dir = getattr(err, "run_dir", None)
+            hint = f" Continue with: nnpatch run --resume {run_dir}" if run_dir else ""
+            click.echo(f"Interrupted.{hint}", err=True)
             sys.exit(130)
         return False

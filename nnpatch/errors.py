@@ -27,3 +27,11 @@ class PairsError(NnpatchError):
 
 class ModelError(NnpatchError):
     """A model cannot be built or does not support what the recipe asks of it."""
+
+
+class RunFolderError(NnpatchError):
+    """A run folder cannot be resumed or read: names the folder and what to do."""
+
+
+class BaselineError(NnpatchError):
+    """An unpatched run gives non-finite scores: nothing patched against it would mean anything."""

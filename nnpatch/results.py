@@ -21,7 +21,8 @@ def results_table(
     site: str,
     direction: str,
 ) -> pl.DataFrame:
-    """One row per (pair, patch): cell columns, the donor, then one column per metric.
+    """One row per (pair, patch): cell columns, the donor, one column per metric, and
+    `nonfinite` (some metric of the row is NaN or inf).
 
     `control` rows patch the same cells from another pair's run (the noise floor).
     """
@@ -49,7 +50,9 @@ def results_table(
     }
     frame = pl.DataFrame(columns, schema=schema)
     metrics = pl.DataFrame(values.double().numpy(), schema=names, orient="row")
-    return pl.concat([frame, metrics], how="horizontal")
+    # flagged rather than dropped: recovery is NaN by definition when a pair's gap vanishes
+    nonfinite = pl.DataFrame({"nonfinite": (~torch.isfinite(values).all(dim=1)).tolist()})
+    return pl.concat([frame, metrics, nonfinite], how="horizontal")
 
 
 def baselines_table(

@@ -7,6 +7,7 @@ anything is written; `execute` runs the sweep and writes the folder.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import time
@@ -20,7 +21,8 @@ import torch
 import nnpatch
 from nnpatch import rundir
 from nnpatch.engine import Engine, PairAnswers
-from nnpatch.errors import ModelError, PairsError, RecipeError
+from nnpatch.errors import BaselineError, ModelError, PairsError, RecipeError
+from nnpatch.fingerprint import fingerprint
 from nnpatch.models import ModelShape, ThoughtModel, build_model, model_shape
 from nnpatch.models.base import last_number
 from nnpatch.pairs import Pair, load_pair_set
@@ -28,6 +30,8 @@ from nnpatch.plan import PatchSpec, build_plan
 from nnpatch.recipe import Recipe, load_recipe
 from nnpatch.report import render as render_report
 from nnpatch.results import baselines_table, results_table, summarize
+from nnpatch.resume import check_unchanged
+from nnpatch.shards import ShardStore
 
 
 @dataclass
@@ -167,14 +171,29 @@ def _keep_both_correct(model, pairs: list[Pair], counts: dict, recipe: Recipe, s
 
 
 def execute(
-    prep: Prepared, progress: Callable[[int], Callable[[int], None]] | None = None
+    prep: Prepared,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+    resume: tuple[Path, dict] | None = None,
 ) -> Finished:
-    """Run the sweep and write the run folder; the manifest says how it ended."""
+    """Run the sweep and write the run folder; the manifest says how it ended.
+
+    `resume` is (run folder, its manifest) from `nnpatch.resume.resume_source`: the sweep
+    continues in that folder, keeping the row shards already written.
+    """
     recipe = prep.recipe
-    path = rundir.new_run_dir(Path(recipe.run.output), recipe.name)
-    rundir.write_text(path / "recipe.toml", prep.source.read_text(encoding="utf-8"))
-    rundir.write_json(path / "resolved.json", resolved(prep))
-    manifest = base_manifest(prep)
+    prints = fingerprint(recipe, prep.model, prep.pairs)
+    if resume is None:
+        path = rundir.new_run_dir(Path(recipe.run.output), recipe.name)
+        rundir.write_text(path / "recipe.toml", prep.source.read_text(encoding="utf-8"))
+        rundir.write_json(path / "resolved.json", resolved(prep))
+        manifest = {**base_manifest(prep), "fingerprint": prints}
+    else:
+        path, manifest = resume
+        check_unchanged(path, manifest["fingerprint"], prints)
+        manifest = {**manifest, "resumed": manifest.get("resumed", 0) + 1}
+        for stale in ("error", "ended"):
+            manifest.pop(stale, None)
+    manifest.update(status="running", pid=os.getpid(), host=platform.node())
     rundir.write_json(path / "manifest.json", manifest)
     started = time.perf_counter()
     try:
@@ -186,11 +205,21 @@ def execute(
             ended=rundir.now(),
         )
         rundir.write_json(path / "manifest.json", manifest)
+        err.run_dir = path  # the CLI tells the user how to resume it
         raise
     total = time.perf_counter() - started
     rows = finished.results.height
-    finished.timings.update(total_s=total, rows_per_s=rows / max(finished.timings["patch_s"], 1e-9))
-    manifest.update(status="finished", ended=rundir.now(), rows=rows, timings=finished.timings)
+    finished.timings.update(
+        total_s=total,
+        rows_per_s=finished.timings["rows_computed"] / max(finished.timings["patch_s"], 1e-9),
+    )
+    manifest.update(
+        status="finished",
+        ended=rundir.now(),
+        rows=rows,
+        nonfinite_rows=finished.results["nonfinite"].sum(),
+        timings=finished.timings,
+    )
     clock = time.perf_counter()
     try:  # the report shows the final manifest; `nnpatch report` re-renders the same files
         render_report(path, manifest)
@@ -199,6 +228,7 @@ def execute(
         rundir.write_json(path / "manifest.json", manifest)
         raise
     rundir.write_json(path / "manifest.json", {**manifest, "report_s": time.perf_counter() - clock})
+    ShardStore(path).remove()  # results.parquet holds every row now
     return finished
 
 
@@ -211,6 +241,7 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     )
     clock = time.perf_counter()
     base = engine.baselines(pairs, prep.answers, cells, max(1, recipe.run.batch_size // 2))
+    _check_finite_baselines(pairs, base)
     baseline_s = time.perf_counter() - clock
     rows = [(spec, index, index) for spec in prep.plan for index in range(len(pairs))]
     if recipe.patch.control == "random-donor" and len(pairs) > 1:
@@ -218,7 +249,7 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
         rows += [(spec, index, donors[index]) for spec in prep.plan for index in range(len(pairs))]
     tick = progress(len(rows)) if progress else (lambda n: None)
     clock = time.perf_counter()
-    values = engine.patch(pairs, prep.answers, base, rows, recipe.run.batch_size, tick)
+    values, computed = _patch_in_shards(prep, base, rows, ShardStore(path), tick)
     patch_s = time.perf_counter() - clock
     patch = recipe.patch
     results = results_table(rows, pairs, values, names, patch.mode, patch.site, patch.direction)
@@ -234,9 +265,47 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     rundir.write_table(path / "baselines.parquet", baselines)
     rundir.write_table(path / "summary.parquet", summary)
     rundir.write_table(path / "summary.csv", summary)
-    return Finished(
-        path, results, baselines, summary, {"baselines_s": baseline_s, "patch_s": patch_s}
-    )
+    timings = {"baselines_s": baseline_s, "patch_s": patch_s, "rows_computed": computed}
+    return Finished(path, results, baselines, summary, timings)
+
+
+def _patch_in_shards(prep: Prepared, base, rows: list, store: ShardStore, tick):
+    """Patched metrics for every row, one shard per batch; batches already saved are read
+    back instead of recomputed. Returns the values and how many rows were computed."""
+    size = prep.recipe.run.batch_size
+    saved = store.load()
+    parts, computed = [], 0
+    for first in range(0, len(rows), size):
+        batch = rows[first : first + size]
+        if first in saved and saved[first].shape == (len(batch), len(prep.recipe.metrics.names)):
+            parts.append(torch.from_numpy(saved[first]))
+            tick(len(batch))
+            continue
+        values = prep.engine.patch(prep.pairs, prep.answers, base, batch, size, tick)
+        store.write(first, values.numpy())
+        parts.append(values)
+        computed += len(batch)
+    return torch.cat(parts), computed
+
+
+def _check_finite_baselines(pairs: list[Pair], base) -> None:
+    """Patching against a non-finite unpatched run measures nothing: stop, naming the pair."""
+    refs = base.references
+    checks = {
+        "clean logits": refs.clean_logits,
+        "corrupted logits": refs.corrupt_logits,
+        "clean logit difference": refs.clean_logit_diff,
+        "corrupted logit difference": refs.corrupt_logit_diff,
+    }
+    for what, tensor in checks.items():
+        bad = ~torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1)
+        if bad.any():
+            pair = pairs[int(bad.nonzero()[0])]
+            raise BaselineError(
+                f"pair {pair.id}: the unpatched run's {what} are not finite "
+                f"({int(bad.sum())} pair(s) affected); check the model's weights and dtype "
+                "(float32 rules out overflow), or drop the pair"
+            )
 
 
 def _check_output(output: Path, source: Path) -> None:

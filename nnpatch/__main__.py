@@ -1,0 +1,3 @@
+from nnpatch.cli import main
+
+main()

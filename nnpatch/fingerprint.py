@@ -1,0 +1,59 @@
+"""Content hashes of what a run's rows depend on: the recipe, the model and the pairs.
+
+A resumed run must recompute missing rows under exactly the conditions of the rows it keeps,
+so `--resume` compares these with the ones the manifest recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+
+import torch
+
+from nnpatch.models import ThoughtModel
+from nnpatch.pairs import Pair
+from nnpatch.recipe import Recipe
+
+CHUNK = 1 << 22
+
+
+def _sha(data: object) -> str:
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """The resolved recipe, overrides applied (the output folder aside: moving runs is fine)."""
+    dumped = recipe.model_dump(mode="json")
+    dumped["run"].pop("output", None)
+    return _sha(dumped)
+
+
+def pairs_hash(pairs: list[Pair]) -> str:
+    return _sha([asdict(p) for p in pairs])
+
+
+@torch.no_grad()
+def model_hash(model: ThoughtModel) -> str:
+    """Name, dtype and per-tensor sums of every weight, computed where the weights live.
+
+    Two float64 sums per tensor (plain and position-weighted) differ for any checkpoint or
+    fine-tune a researcher would swap in, without copying gigabytes to the CPU.
+    """
+    parts = [model.name, str(model.dtype)]
+    for name, tensor in model.module.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        plain = weighted = 0.0
+        for start in range(0, flat.numel(), CHUNK):  # bounded float64 copies
+            chunk = flat[start : start + CHUNK].double()
+            index = torch.arange(start, start + chunk.numel(), device=chunk.device)
+            plain += chunk.sum().item()
+            weighted += (chunk * (index % 97 + 1)).sum().item()
+        parts.append(f"{name}:{tuple(tensor.shape)}:{plain:.10e}:{weighted:.10e}")
+    return _sha(parts)
+
+
+def fingerprint(recipe: Recipe, model: ThoughtModel, pairs: list[Pair]) -> dict[str, str]:
+    return {"recipe": recipe_hash(recipe), "model": model_hash(model), "pairs": pairs_hash(pairs)}

@@ -1,0 +1,32 @@
+"""Content hashes: stable for the same inputs, different after any change a resume must see."""
+
+from __future__ import annotations
+
+import torch
+from helpers import write_recipe
+
+from nnpatch.fingerprint import model_hash, pairs_hash, recipe_hash
+from nnpatch.models.presets import PRESETS
+from nnpatch.pairs.builtin import tiny_arithmetic
+from nnpatch.recipe import load_recipe
+
+
+def test_model_hash_sees_one_changed_weight():
+    first, second = PRESETS["tiny-random-codi"](), PRESETS["tiny-random-codi"]()
+    assert model_hash(first) == model_hash(second)
+    with torch.no_grad():
+        second.module.prj.ln.bias[3] += 1e-3
+    assert model_hash(first) != model_hash(second)
+
+
+def test_recipe_hash_ignores_the_output_folder_only(tmp_path):
+    a = load_recipe(write_recipe(tmp_path))
+    moved = load_recipe(write_recipe(tmp_path), ["run.output='elsewhere'"])
+    changed = load_recipe(write_recipe(tmp_path), ["run.seed=1"])
+    assert recipe_hash(a) == recipe_hash(moved) != recipe_hash(changed)
+
+
+def test_pairs_hash_sees_order_and_text():
+    pairs = tiny_arithmetic()
+    assert pairs_hash(pairs) == pairs_hash(list(pairs))
+    assert pairs_hash(pairs) != pairs_hash(pairs[::-1])

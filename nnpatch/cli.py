@@ -42,6 +42,7 @@ def main() -> None:
 @SET_OPTION
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N pairs.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (run.output).")
+@click.option("--remote", is_flag=True, help="Run every traced forward on NDIF (run.remote).")
 @click.option(
     "--resume",
     "resume_dir",
@@ -53,6 +54,7 @@ def run(
     overrides: tuple[str, ...],
     limit: int | None,
     out: str | None,
+    remote: bool,
     resume_dir: str | None,
 ) -> None:
     from pathlib import Path
@@ -63,6 +65,8 @@ def run(
 
     if (recipe is None) == (resume_dir is None):
         raise click.UsageError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
+    if remote:
+        overrides = (*overrides, "run.remote=true")
     if resume_dir is not None and (overrides or limit or out):
         raise click.UsageError("--resume takes the recipe, overrides and output of the run")
     with _errors():

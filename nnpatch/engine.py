@@ -58,12 +58,20 @@ class Op:
 
 
 class Engine:
-    def __init__(self, model: ThoughtModel, site: str, direction: str, metric_names: list[str]):
+    def __init__(
+        self,
+        model: ThoughtModel,
+        site: str,
+        direction: str,
+        metric_names: list[str],
+        remote: bool | str = False,
+    ):
         self.model = model
         self.traced = model.traced()
         self.site = site
         self.direction = direction
         self.metric_names = metric_names
+        self.remote = remote
 
     # ---- answers -------------------------------------------------------------------------
     def answers(self, pairs: list[Pair]) -> PairAnswers:
@@ -252,6 +260,8 @@ class Engine:
         """
         traced, model = self.traced, self.model
         args, kwargs = model.trace_inputs(encoded)
+        if self.remote:  # True: a job on NDIF; "local": serialised as one, run here
+            kwargs = {**kwargs, "remote": self.remote}
         with torch.no_grad(), traced.trace(*args, **kwargs) as tracer:
             read = {}
             for call in tracer.iter[sorted(by_call)]:

@@ -127,6 +127,8 @@ class RunSection(Strict):
     batch_size: int = Field(default=64, ge=1, le=65536)
     output: str = "outputs"
     seed: int = 0
+    # true: every traced forward runs on NDIF; "local": serialised as for NDIF, run here
+    remote: bool | Literal["local"] = False
 
 
 class Recipe(Strict):

@@ -28,6 +28,7 @@ from nnpatch.models.base import last_number
 from nnpatch.pairs import Pair, load_pair_set
 from nnpatch.plan import PatchSpec, build_plan
 from nnpatch.recipe import Recipe, load_recipe
+from nnpatch.remote import check_remote
 from nnpatch.report import render as render_report
 from nnpatch.results import baselines_table, results_table, summarize
 from nnpatch.resume import check_unchanged
@@ -71,8 +72,9 @@ def prepare(
         overrides.append(f"run.output={json.dumps(str(output))}")
     recipe, pairs, counts = _recipe_and_pairs(source, overrides)
     _check_output(Path(recipe.run.output), source)
+    check_remote(recipe, source)
     torch.manual_seed(recipe.run.seed)
-    model = build_model(recipe.model, source)
+    model = build_model(recipe.model, source, on_ndif=recipe.run.remote is True)
     if recipe.data.filter == "both-correct":
         pairs, counts = _keep_both_correct(model, pairs, counts, recipe, source)
     try:
@@ -82,7 +84,13 @@ def prepare(
         raise RecipeError(source, "data.pairs", str(err)) from None
     plan = build_plan(recipe, model.shape, source)
     try:
-        engine = Engine(model, recipe.patch.site, recipe.patch.direction, recipe.metrics.names)
+        engine = Engine(
+            model,
+            recipe.patch.site,
+            recipe.patch.direction,
+            recipe.metrics.names,
+            remote=recipe.run.remote,
+        )
         answers = engine.answers(pairs)
     except PairsError as err:
         raise RecipeError(source, "data.pairs", str(err)) from None
@@ -393,6 +401,7 @@ def base_manifest(prep: Prepared) -> dict:
             "parameters": sum(p.numel() for p in model.module.parameters()),
         },
         "seed": prep.recipe.run.seed,
+        "remote": prep.recipe.run.remote,
         "pairs": {"source": prep.recipe.data.pairs, **prep.pair_counts},
         "patches_per_pair": len(prep.plan),
     }

@@ -15,8 +15,20 @@ from nnpatch.recipe import ModelSection
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_model(section: ModelSection, source: str | Path = "<recipe>") -> ThoughtModel:
-    """The recipe's model on its device and dtype; a bad section is a one-line error."""
+def build_model(
+    section: ModelSection, source: str | Path = "<recipe>", on_ndif: bool = False
+) -> ThoughtModel:
+    """The recipe's model on its device and dtype; a bad section is a one-line error.
+
+    `on_ndif`: a hosted causal LM whose weights stay on NDIF (meta here; see nnpatch.remote).
+    """
+    if on_ndif:
+        from nnpatch.models.causal_lm import load_remote_causal_lm
+
+        try:
+            return load_remote_causal_lm(section)
+        except ModelError as err:
+            raise ModelError(f"{source}: {err}") from None
     device = _device(section.device, source)
     if section.preset is not None:
         model = _preset(section, source)

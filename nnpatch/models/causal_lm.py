@@ -54,6 +54,13 @@ class CausalLM(PlacedModule):
         self.family: Family = family_of(lm)
         self.span_length: int | None = None  # shortest span over the bound pairs
         self.key_report = None
+        self.remote_traced = None  # the nnsight wrapper NDIF knows, for remote runs
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: this machine's CPU when the weights live on NDIF (meta here)."""
+        device = next(self.module.parameters()).device
+        return torch.device("cpu") if device.type == "meta" else device
 
     # ---- shape -----------------------------------------------------------------------------
     @property
@@ -177,6 +184,8 @@ class CausalLM(PlacedModule):
     def traced(self):
         from nnsight.modeling.transformers import TransformersModel
 
+        if self.remote_traced is not None:
+            return self.remote_traced
         return TransformersModel(self.module, tokenizer=self.tokenizer)
 
     def trace_inputs(self, encoded: Encoded) -> tuple[tuple, dict]:
@@ -197,6 +206,38 @@ class CausalLM(PlacedModule):
 
 def _answer_width(encoded: Encoded) -> int:
     return max(encoded.clean_answer.shape[1], encoded.corrupt_answer.shape[1])
+
+
+TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt", "*.model"]
+
+
+def load_remote_causal_lm(section) -> CausalLM:
+    """A hosted model for NDIF: its architecture on the meta device, built from the config;
+    only the config and tokenizer are read here, never the weights."""
+    from nnsight.modeling.transformers import TransformersModel
+    from transformers import AutoTokenizer
+
+    from nnpatch.models.hub import resolve_folder
+
+    if not section.checkpoint:
+        raise ModelError("model.checkpoint: required (the hub id NDIF hosts)")
+    source = section.base or section.checkpoint
+    folder = resolve_folder(source, "model.checkpoint", TOKENIZER_FILES, section.revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        traced = TransformersModel(
+            section.checkpoint,
+            task="text-generation",
+            tokenizer=tokenizer,
+            revision=section.revision or "main",
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model.checkpoint: {str(err).splitlines()[0][:160]}") from None
+    model = CausalLM(
+        traced._module, tokenizer, section.checkpoint, section.answer_prefix or ANSWER_PREFIX
+    )
+    model.remote_traced = traced
+    return model
 
 
 def load_causal_lm(section) -> CausalLM:

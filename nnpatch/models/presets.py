@@ -95,6 +95,7 @@ def _plain(family: str):
     return build
 
 
+PLAIN_PRESETS = ("tiny-random-gpt2", "tiny-random-llama")
 PRESETS: dict[str, Callable[..., ThoughtModel]] = {
     "tiny-random-codi": lambda **kw: tiny_random_codi("llama", **kw),
     "tiny-random-codi-gpt2": lambda **kw: tiny_random_codi("gpt2", **kw),

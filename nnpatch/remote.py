@@ -1,0 +1,90 @@
+"""Running a sweep on NDIF (nnsight `remote=True`), or rehearsing it here (`remote="local"`).
+
+Remotely, the model is built on the meta device from its config (no weights on this
+machine) and every traced forward is sent to NDIF as a job; only the reduced metrics and the
+donor activations of the baseline pass come back. `"local"` serialises each trace exactly as
+for NDIF and runs it in this process, so a recipe can be checked before it costs anything.
+
+Only hosted plain causal LMs can run there: CODI and Coconut are custom modules (a recurrent
+loop around a base model plus a projection) that NDIF does not host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnpatch.errors import RecipeError
+from nnpatch.models.presets import PLAIN_PRESETS
+from nnpatch.recipe import Recipe
+
+CUSTOM = "CODI and Coconut run a recurrent thought loop and a projection that NDIF does not host"
+
+
+def check_remote(recipe: Recipe, source: Path, status=None) -> None:
+    """Everything that can refuse a remote run, checked before any model is built.
+
+    `status` fetches NDIF's /status (injectable for tests; nnsight's client by default).
+    """
+    mode, model = recipe.run.remote, recipe.model
+    if not mode:
+        return
+    if model.preset is not None and model.preset not in PLAIN_PRESETS:
+        raise RecipeError(
+            source,
+            "model.preset",
+            f"{model.preset} is a continuous-thought model; {CUSTOM}",
+            "run it locally (run.remote = false)",
+        )
+    if model.kind in ("codi", "coconut"):
+        raise RecipeError(
+            source,
+            "model.kind",
+            f"{model.kind}: {CUSTOM}",
+            "run it locally on a GPU (run.remote = false)",
+        )
+    if mode == "local":
+        return
+    if model.preset is not None:
+        raise RecipeError(
+            source,
+            "model.preset",
+            "presets exist only on this machine",
+            "name a hosted hub id: model.kind = 'causal_lm', model.checkpoint = ...",
+        )
+    from nnsight import CONFIG
+
+    if not CONFIG.API.APIKEY:
+        raise RecipeError(
+            source,
+            "run.remote",
+            "no NDIF API key",
+            "set NDIF_API_KEY, or save one with "
+            "nnsight.CONFIG.set_default_api_key(KEY) (https://login.ndif.us)",
+        )
+    host = CONFIG.API.HOST
+    try:
+        deployments = (status or _fetch_status)().get("deployments", {})
+    except Exception as err:  # noqa: BLE001 - any transport failure means the same to the user
+        raise RecipeError(
+            source,
+            "run.remote",
+            f"NDIF at {host} is unreachable ({type(err).__name__})",
+            "check the network, or run locally",
+        ) from None
+    running = {
+        d.get("repo_id") for d in deployments.values() if d.get("application_state") == "RUNNING"
+    }
+    if model.checkpoint not in running:
+        hosted = ", ".join(sorted(r for r in running if r)[:5]) or "none right now"
+        raise RecipeError(
+            source,
+            "model.checkpoint",
+            f"{model.checkpoint} is not running on NDIF (running: {hosted})",
+            "pick a hosted model, or run locally",
+        )
+
+
+def _fetch_status() -> dict:
+    from nnsight.ndif import _get
+
+    return _get("/status")

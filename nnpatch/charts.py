@@ -6,6 +6,7 @@
 - `chained_lines`: recovery (or any metric) against k for `chained` mode, CI bands.
 - `layer_bars`: per-layer bars with CI whiskers and the control mean, for `layer` mode.
 - `top_distributions`: per-pair values of the top cells, with their control.
+- `estimate_vs_exact`: attribution runs: each verified cell's estimate against its exact patch.
 """
 
 from __future__ import annotations
@@ -137,4 +138,54 @@ def top_distributions(
     )
     return chart.properties(
         title=f"per-pair {metric} in the top cells", width=420, height=max(120, 40 * len(best))
+    )
+
+
+def estimate_vs_exact(summary: pl.DataFrame, metric: str) -> alt.Chart:
+    """Mean attribution estimate (x) against the mean exact patch (y, 95% CI) per verified
+    cell; points on the diagonal are cells the estimate got right."""
+    data = estimate_exact_table(summary, metric)
+    base = alt.Chart(alt.Data(values=data.to_dicts()))
+    bound = [
+        min(data["estimate"].min(), data["exact"].min()),
+        max(data["estimate"].max(), data["exact"].max()),
+    ]
+    diagonal = (
+        alt.Chart(alt.Data(values=[{"v": bound[0]}, {"v": bound[1]}]))
+        .mark_line(color="gray", strokeDash=[4, 4])
+        .encode(x="v:Q", y="v:Q")
+    )
+    bars = base.mark_rule().encode(
+        x="estimate:Q", y=alt.Y("ci95_low:Q", title=f"exact {metric}"), y2="ci95_high:Q"
+    )
+    points = base.mark_point(filled=True, size=60).encode(
+        x=alt.X("estimate:Q", title=f"estimated {metric}"),
+        y="exact:Q",
+        tooltip=[
+            "cell:N",
+            alt.Tooltip("estimate:Q", format="+.3f"),
+            alt.Tooltip("exact:Q", format="+.3f"),
+        ],
+    )
+    return (diagonal + bars + points).properties(
+        title=f"{metric}: attribution estimate against exact patching (verified cells)",
+        width=320,
+        height=320,
+    )
+
+
+def estimate_exact_table(summary: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """Verified cells: layer, position, mean estimate, mean exact value and its CI."""
+    rows = summary.filter(pl.col("metric") == metric)
+    keys = ["layer", "position"]
+    estimated = rows.filter(pl.col("mode") == "attribution").select(
+        *keys, pl.col("mean").alias("estimate")
+    )
+    exact = rows.filter(pl.col("mode") == "single").select(
+        *keys, pl.col("mean").alias("exact"), "ci95_low", "ci95_high"
+    )
+    return (
+        exact.join(estimated, on=keys, nulls_equal=True)
+        .with_columns(pl.format("L{} t{}", pl.col("layer"), pl.col("position")).alias("cell"))
+        .sort(pl.col("estimate").abs(), descending=True)
     )

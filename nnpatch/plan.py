@@ -45,7 +45,7 @@ def build_plan(
                 f"site 'thought' has only thought positions, not {wrong[0]!r}",
                 "drop bot/eot or use site 'resid'",
             )
-    if patch.mode == "single":
+    if patch.mode in ("single", "attribution"):
         groups = [(p,) for p in selected]
     elif patch.mode == "layer":
         groups = [tuple(selected)]

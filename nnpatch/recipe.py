@@ -105,8 +105,19 @@ class SetsPatch(PatchCommon):
         return sets
 
 
-MODES = ("single", "layer", "chained", "sets")
-Patch = Annotated[SinglePatch | LayerPatch | ChainedPatch | SetsPatch, Field(discriminator="mode")]
+class AttributionPatch(PatchCommon):
+    """Every (layer, position) cell estimated by attribution patching (gradients), then the
+    `verify_top` cells with the largest estimated effect patched exactly."""
+
+    mode: Literal["attribution"]
+    verify_top: int = Field(default=10, ge=0)
+
+
+MODES = ("single", "layer", "chained", "sets", "attribution")
+Patch = Annotated[
+    SinglePatch | LayerPatch | ChainedPatch | SetsPatch | AttributionPatch,
+    Field(discriminator="mode"),
+]
 
 
 class MetricsSection(Strict):

@@ -76,9 +76,30 @@ def run_charts(run: Run) -> dict[str, object]:
         out[f"chained_{lead}"] = charts.chained_lines(run.summary, lead)
     if mode == "layer":
         out[f"layer_{lead}"] = charts.layer_bars(run.summary, lead)
+    if mode == "attribution":
+        return out | _attribution_charts(run)
     for metric in run.metrics:
         out[f"heatmap_{metric}"] = charts.heatmap(run.summary, metric, run.positions)
     out[f"top_{lead}"] = charts.top_distributions(run.results, run.summary, lead)
+    return out
+
+
+def _attribution_charts(run: Run) -> dict[str, object]:
+    """Heatmaps of the estimates; estimate against exact, and the exact cells' per-pair values."""
+    out: dict[str, object] = {}
+    estimated = run.summary.filter(pl.col("mode") == "attribution")
+    exact = run.summary.filter(pl.col("mode") == "single")
+    for metric in run.metrics:
+        if estimated.filter(pl.col("metric") == metric)["mean"].is_nan().all():
+            continue  # no first-order estimate for this metric
+        title = f"{metric}: attribution estimate, mean over pairs"
+        out[f"heatmap_{metric}"] = charts.heatmap(estimated, metric, run.positions, title)
+        if exact.height:
+            out[f"estimate_vs_exact_{metric}"] = charts.estimate_vs_exact(run.summary, metric)
+    if exact.height:
+        results = run.results.filter(pl.col("mode") == "single")
+        lead = run.lead_metric
+        out[f"top_{lead}"] = charts.top_distributions(results, exact, lead)
     return out
 
 
@@ -233,4 +254,22 @@ def _markdown(run: Run) -> str:
         "|" + "---|" * len(TOP_HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _top_rows(run)]
+    if run.resolved["patch"]["mode"] == "attribution":
+        lines += _estimate_lines(run)
     return "\n".join(lines) + "\n"
+
+
+def _estimate_lines(run: Run) -> list[str]:
+    table = charts.estimate_exact_table(run.summary, run.lead_metric)
+    lines = [
+        "",
+        f"## Attribution: estimate against exact patching ({run.lead_metric}, verified cells)",
+        "",
+        "| cell | estimate | exact | exact 95% CI |",
+        "|---|---|---|---|",
+    ]
+    return lines + [
+        f"| {r['cell']} | {r['estimate']:+.3f} | {r['exact']:+.3f} | "
+        f"[{r['ci95_low']:+.3f}, {r['ci95_high']:+.3f}] |"
+        for r in table.iter_rows(named=True)
+    ]

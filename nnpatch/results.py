@@ -20,9 +20,11 @@ def results_table(
     mode: str,
     site: str,
     direction: str,
+    estimate: bool = False,
 ) -> pl.DataFrame:
-    """One row per (pair, patch): cell columns, the donor, one column per metric, and
-    `nonfinite` (some metric of the row is NaN or inf).
+    """One row per (pair, patch): cell columns, the donor, one column per metric,
+    `nonfinite` (some metric of the row is NaN or inf) and `estimate` (attribution estimates
+    rather than patched values).
 
     `control` rows patch the same cells from another pair's run (the noise floor).
     """
@@ -32,7 +34,9 @@ def results_table(
         "site": [site] * len(rows),
         "direction": [direction] * len(rows),
         "layer": [spec.layer for spec, _, _ in rows],
-        "position": [spec.positions[0] if mode == "single" else None for spec, _, _ in rows],
+        "position": [
+            spec.positions[0] if mode in ("single", "attribution") else None for spec, _, _ in rows
+        ],
         "positions": [list(spec.positions) for spec, _, _ in rows],
         "control": [p != d for _, p, d in rows],
         "donor_id": [pairs[d].id for _, _, d in rows],
@@ -51,8 +55,14 @@ def results_table(
     frame = pl.DataFrame(columns, schema=schema)
     metrics = pl.DataFrame(values.double().numpy(), schema=names, orient="row")
     # flagged rather than dropped: recovery is NaN by definition when a pair's gap vanishes
-    nonfinite = pl.DataFrame({"nonfinite": (~torch.isfinite(values).all(dim=1)).tolist()})
-    return pl.concat([frame, metrics, nonfinite], how="horizontal")
+    flags = pl.DataFrame(
+        {
+            "nonfinite": (~torch.isfinite(values).all(dim=1)).tolist(),
+            "estimate": [estimate] * len(rows),
+        },
+        schema={"nonfinite": pl.Boolean, "estimate": pl.Boolean},
+    )
+    return pl.concat([frame, metrics, flags], how="horizontal")
 
 
 def baselines_table(
@@ -85,7 +95,7 @@ def summarize(results: pl.DataFrame, names: list[str], seed: int = 0) -> pl.Data
     real = results.filter(~pl.col("control")).sort("pair_id", maintain_order=True)
     control = results.filter(pl.col("control")).sort("pair_id", maintain_order=True)
     rows = []
-    for group in real.partition_by(["layer", "position", "positions"], maintain_order=True):
+    for group in real.partition_by(["mode", "layer", "position", "positions"], maintain_order=True):
         first = group.row(0, named=True)
         match = control.filter(
             (pl.col("layer").eq_missing(first["layer"]))

@@ -20,6 +20,7 @@ import torch
 
 import nnpatch
 from nnpatch import rundir
+from nnpatch.attribution import estimate, verify_cells
 from nnpatch.engine import Engine, PairAnswers
 from nnpatch.errors import BaselineError, ModelError, PairsError, RecipeError
 from nnpatch.fingerprint import fingerprint
@@ -251,16 +252,19 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     base = engine.baselines(pairs, prep.answers, cells, max(1, recipe.run.batch_size // 2))
     _check_finite_baselines(pairs, base)
     baseline_s = time.perf_counter() - clock
-    rows = [(spec, index, index) for spec in prep.plan for index in range(len(pairs))]
-    if recipe.patch.control == "random-donor" and len(pairs) > 1:
-        donors = control_donors(len(pairs), recipe.run.seed)
-        rows += [(spec, index, donors[index]) for spec in prep.plan for index in range(len(pairs))]
-    tick = progress(len(rows)) if progress else (lambda n: None)
-    clock = time.perf_counter()
-    values, computed = _patch_in_shards(prep, base, rows, ShardStore(path), tick)
-    patch_s = time.perf_counter() - clock
     patch = recipe.patch
-    results = results_table(rows, pairs, values, names, patch.mode, patch.site, patch.direction)
+    if patch.mode == "attribution":
+        results, computed, patch_s = _attribution(prep, base, progress, ShardStore(path))
+    else:
+        rows = [(spec, index, index) for spec in prep.plan for index in range(len(pairs))]
+        if patch.control == "random-donor" and len(pairs) > 1:
+            donors = control_donors(len(pairs), recipe.run.seed)
+            rows += [(spec, i, donors[i]) for spec in prep.plan for i in range(len(pairs))]
+        tick = progress(len(rows)) if progress else (lambda n: None)
+        clock = time.perf_counter()
+        values, computed = _patch_in_shards(prep, base, rows, ShardStore(path), tick)
+        patch_s = time.perf_counter() - clock
+        results = results_table(rows, pairs, values, names, patch.mode, patch.site, patch.direction)
     baselines = baselines_table(
         pairs,
         base.clean_metrics.cpu(),
@@ -277,12 +281,37 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     return Finished(path, results, baselines, summary, timings)
 
 
+def _attribution(prep: Prepared, base, progress, store) -> tuple[pl.DataFrame, int, float]:
+    """Estimated rows for every cell, then the `verify_top` strongest cells patched exactly
+    (mode `single`, `estimate` false); returns the rows, the exact rows computed and the
+    seconds spent."""
+    recipe, pairs, names = prep.recipe, prep.pairs, prep.recipe.metrics.names
+    patch = recipe.patch
+    clock = time.perf_counter()
+    chunk = max(1, recipe.run.batch_size // 2)
+    estimates = estimate(prep.engine, pairs, prep.answers, base, prep.plan, chunk)
+    receiver = base.corrupt_metrics if patch.direction == "denoise" else base.clean_metrics
+    verify = verify_cells(estimates, receiver.cpu(), prep.plan, names, patch.verify_top)
+    estimate_rows = [(spec, i, i) for spec in prep.plan for i in range(len(pairs))]
+    exact_rows = [(spec, i, i) for spec in verify for i in range(len(pairs))]
+    tick = progress(len(estimate_rows) + len(exact_rows)) if progress else (lambda n: None)
+    tick(len(estimate_rows))
+    values, computed = _patch_in_shards(prep, base, exact_rows, store, tick)
+    frames = [
+        results_table(
+            estimate_rows, pairs, estimates, names, patch.mode, patch.site, patch.direction, True
+        ),
+        results_table(exact_rows, pairs, values, names, "single", patch.site, patch.direction),
+    ]
+    return pl.concat(frames), computed, time.perf_counter() - clock
+
+
 def _patch_in_shards(prep: Prepared, base, rows: list, store: ShardStore, tick):
     """Patched metrics for every row, one shard per batch; batches already saved are read
     back instead of recomputed. Returns the values and how many rows were computed."""
     size = prep.recipe.run.batch_size
     saved = store.load()
-    parts, computed = [], 0
+    parts, computed = [torch.empty(0, len(prep.recipe.metrics.names))], 0
     for first in range(0, len(rows), size):
         batch = rows[first : first + size]
         if first in saved and saved[first].shape == (len(batch), len(prep.recipe.metrics.names)):

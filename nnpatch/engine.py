@@ -194,9 +194,25 @@ class Engine:
         """
         out = []
         for batch in _batches(rows, batch_size):
-            out.append(self._patch_batch(pairs, answers, baselines, batch).cpu())
+            out.append(self._patch_fitting(pairs, answers, baselines, batch))
             progress(len(batch))
         return torch.cat(out)
+
+    def _patch_fitting(self, pairs, answers, baselines, batch: list[Row]) -> torch.Tensor:
+        """One batch; on CUDA out-of-memory, its halves one after the other (down to a row)."""
+        try:
+            return self._patch_batch(pairs, answers, baselines, batch).cpu()
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return torch.cat(
+            [
+                self._patch_fitting(pairs, answers, baselines, part)
+                for part in (batch[:half], batch[half:])
+            ]
+        )
 
     def _patch_batch(
         self,
@@ -227,8 +243,37 @@ class Engine:
         def metrics(logits_clean: torch.Tensor, logits_corrupt: torch.Tensor) -> torch.Tensor:
             return M.compute(names, M.score(logits_clean, logits_corrupt, targets), refs)
 
-        values, _ = self._run(encoded, self._ops(encoded, writes), metrics)
+        asked, ops = self._share_question(encoded, index, self._ops(encoded, writes))
+        values, _ = self._run(encoded, ops, metrics, asked)
         return values
+
+    def _share_question(self, encoded: Encoded, index: list[int], by_call: dict):
+        """Run each pair's question pass once, outside the trace, for all of its rows.
+
+        Rows of one pair share the question + bot pass unless a cell lies inside it (bot);
+        the traced forward then starts at the thoughts, so decoder calls shift down by one.
+        Returns (the question state per row or None, the ops by call).
+        """
+        model = self.model
+        if not model.shares_question or self.remote or len(set(index)) == len(index):
+            return None, by_call
+        shifted: dict[int, list[Op]] = defaultdict(list)
+        for call, ops in by_call.items():
+            for op in ops:
+                moved = model.call_after_question(op.path, call)
+                if moved is None:
+                    return None, by_call
+                shifted[moved].append(op)
+        firsts = list(dict.fromkeys(index))  # pairs in order of first appearance
+        first_row = [index.index(pair) for pair in firsts]
+        device = encoded.input_ids.device
+        pick = torch.tensor(first_row, device=device)
+        with torch.no_grad():
+            asked = model.module.ask(
+                encoded.input_ids.index_select(0, pick),
+                encoded.attention_mask.index_select(0, pick),
+            )
+        return asked.rows(torch.tensor([firsts.index(p) for p in index], device=device)), shifted
 
     # ---- the traced forward ----------------------------------------------------------------
     def _ops(self, encoded: Encoded, cells: dict) -> dict[int, list[Op]]:
@@ -253,13 +298,15 @@ class Engine:
             by_call[cell.call].append(Op(key, cell.path, cell.tuple_output, rows_t, tokens, values))
         return by_call
 
-    def _run(self, encoded: Encoded, by_call: dict[int, list[Op]], reduce: Callable):
+    def _run(self, encoded: Encoded, by_call: dict[int, list[Op]], reduce: Callable, asked=None):
         """One traced forward: apply the ops, reduce the answer logits on the device.
 
         Only `reduce`'s result and the reads leave the trace, never the logits.
         """
         traced, model = self.traced, self.model
         args, kwargs = model.trace_inputs(encoded)
+        if asked is not None:  # the question pass ran before the trace
+            kwargs = {**kwargs, "asked": asked}
         if self.remote:  # True: a job on NDIF; "local": serialised as one, run here
             kwargs = {**kwargs, "remote": self.remote}
         with torch.no_grad(), traced.trace(*args, **kwargs) as tracer:

@@ -201,3 +201,51 @@ def test_activations_before_the_patched_step_are_untouched():
         )
     assert not torch.equal(patched[3][patched_call], plain[3][patched_call])
     assert not torch.equal(patched[0][patched_call + 1], plain[0][patched_call + 1])
+
+
+@pytest.mark.parametrize("site", ["resid", "thought"])
+def test_shared_question_pass_equals_running_it_per_row(tmp_path, monkeypatch, site):
+    """Rows of one pair start from one question pass run before the trace: the rows equal
+    those of a run where every row's trace runs its own question pass."""
+    from nnpatch.models.base import ThoughtModel
+    from nnpatch.models.codi import CodiModel
+
+    asks = []
+    real_ask = CodiModel.ask
+    monkeypatch.setattr(
+        CodiModel, "ask", lambda self, *a: asks.append(a[0].shape[0]) or real_ask(self, *a)
+    )
+    recipe = write_recipe(
+        tmp_path, patch={"mode": "single", "site": site, "positions": [0, 3, 5]}, data={"limit": 4}
+    )
+    shared = run_recipe(recipe)
+    assert 4 in asks  # a question pass on a batch's 4 distinct pairs, for its 16 rows
+    monkeypatch.setattr(ThoughtModel, "shares_question", False)
+    asks.clear()
+    separate = run_recipe(recipe)
+    assert 4 not in asks
+    for name in METRICS:
+        np.testing.assert_allclose(shared[name], separate[name], rtol=1e-5, atol=1e-5)
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_every_row(tmp_path, monkeypatch):
+    """A batch too big for the GPU is retried as halves: same rows, same values."""
+    from nnpatch.engine import Engine
+
+    recipe = write_recipe(tmp_path, patch={"mode": "single", "positions": [0, 3]})
+    whole = run_recipe(recipe)
+    real = Engine._patch_batch
+    sizes = []
+
+    def small_only(self, pairs, answers, baselines, batch):
+        if len(batch) > 5:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        sizes.append(len(batch))
+        return real(self, pairs, answers, baselines, batch)
+
+    monkeypatch.setattr(Engine, "_patch_batch", small_only)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    halved = run_recipe(recipe)
+    assert max(sizes) <= 5 and halved.height == whole.height
+    for name in METRICS:
+        np.testing.assert_allclose(halved[name], whole[name], rtol=1e-5, atol=1e-5)

@@ -180,6 +180,15 @@ class ThoughtModel(PlacedModule):
 
     # ---- how the engine traces this model ------------------------------------------------
     row_copies = 1  # forward rows per encoded row
+    shares_question = True  # rows of one question can start from one question pass (`ask`)
+
+    @staticmethod
+    def call_after_question(path: str, call: int) -> int | None:
+        """A cell's module call when the question pass runs before the trace: decoder calls
+        move down by one; None for a cell inside the question pass itself."""
+        if path == "prj":
+            return call
+        return call - 1 if call > 0 else None
 
     def traced(self):
         """The nnsight wrapper the engine traces: the recurrent module itself."""

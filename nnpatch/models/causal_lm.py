@@ -36,6 +36,7 @@ class CausalLM(PlacedModule):
     """A Hugging Face causal LM with its tokenizer, patched over a marked span."""
 
     row_copies = 2  # each row runs with the clean and with the corrupted answer
+    shares_question = False
     sites = ("resid", "attn", "mlp")
 
     def __init__(

@@ -102,15 +102,24 @@ class CodiModel(nn.Module):
         )
         return out.last_hidden_state
 
-    def think(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Thinking:
-        """Question + bot pass, then the K recurrent thoughts; the state the answer continues."""
-        batch = input_ids.shape[0]
+    def ask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Asked:
+        """The question + bot pass: the state every thought of these questions starts from."""
         cache = DynamicCache(config=self.lm.config)
         mask = attention_mask.long()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self._decode(cache, mask, positions, ids=input_ids)
-        next_position = positions[:, -1:] + 1  # [B, 1]
-        one = mask.new_ones(batch, 1)
+        return Asked(cache, mask, positions[:, -1:] + 1, hidden[:, -1:])
+
+    def think(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, asked: Asked | None = None
+    ) -> Thinking:
+        """The K recurrent thoughts after the question pass (run here unless `asked` holds
+        it); the state the answer continues from."""
+        if asked is None:
+            asked = self.ask(input_ids, attention_mask)
+        cache, mask, hidden = asked.cache, asked.mask, asked.hidden
+        next_position = asked.next_position
+        one = mask.new_ones(mask.shape[0], 1)
         for _ in range(self.num_thoughts):
             thought = self.prj(hidden[:, -1:])  # [B, 1, d]
             mask = torch.cat([mask, one], dim=1)
@@ -125,8 +134,9 @@ class CodiModel(nn.Module):
         prefix_ids: torch.Tensor,  # [P] the "The answer is:" tokens
         clean_answer: torch.Tensor,  # [B, A] right-padded
         corrupt_answer: torch.Tensor,  # [B, A'] right-padded
+        asked: Asked | None = None,  # the question pass, already run (it is then not traced)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        state = self.think(input_ids, attention_mask)
+        state = self.think(input_ids, attention_mask, asked)
         cache, mask, batch = state.cache, state.mask, input_ids.shape[0]
         eot = input_ids.new_full((batch, 1), self.eot_id)
         prefix = prefix_ids.to(input_ids.device).expand(batch, -1)
@@ -185,6 +195,26 @@ class CodiModel(nn.Module):
                 break
             position = position + 1
         return [[t for t in row if t != eos_id] for row in outputs]
+
+
+@dataclass
+class Asked:
+    """The state after the question + bot pass."""
+
+    cache: DynamicCache
+    mask: torch.Tensor  # [B, T]
+    next_position: torch.Tensor  # [B, 1]
+    hidden: torch.Tensor  # [B, 1, d] final hidden state at bot
+
+    def rows(self, index: torch.Tensor) -> Asked:
+        """These rows, repeated as `index` says (the cache is reordered in place)."""
+        self.cache.reorder_cache(index)
+        return Asked(
+            self.cache,
+            self.mask.index_select(0, index),
+            self.next_position.index_select(0, index),
+            self.hidden.index_select(0, index),
+        )
 
 
 @dataclass

@@ -31,7 +31,7 @@ from nnpatch.models.base import ThoughtModel
 from nnpatch.models.codi import CodiModel, Projection
 from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
 from nnpatch.pairs.builtin import tiny_arithmetic
-from nnpatch.plan import PatchSpec
+from nnpatch.plan import PatchSpec, by_first_position
 
 SHAPES = {
     "tiny": (
@@ -114,7 +114,10 @@ def codi_sweep(model, pairs, batch_size: int, limit: int | None, device: str):
     engine = Engine(model, "resid", "denoise", ["logit_diff", "recovery"])
     answers = engine.answers(pairs)
     cells = sorted({(s.layer, s.positions[0]) for s in specs})
-    rows = [(spec, i, i) for spec in specs for i in range(len(pairs))][:limit]
+    rows = [(spec, i, i) for spec in specs for i in range(len(pairs))]
+    if batch_size > 1:  # nnpatch's order: a batch shares the forward up to its first step
+        rows = by_first_position(rows, model.position_labels())
+    rows = rows[:limit]
     _sync(device)
     start = time.perf_counter()
     base = engine.baselines(pairs, answers, cells, max(1, min(batch_size, len(pairs))))

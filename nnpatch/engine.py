@@ -248,30 +248,32 @@ class Engine:
         return values
 
     def _share_question(self, encoded: Encoded, index: list[int], by_call: dict):
-        """Run each pair's question pass once, outside the trace, for all of its rows.
+        """Run what the batch's patches cannot change once per pair, outside the trace.
 
-        Rows of one pair share the question + bot pass unless a cell lies inside it (bot);
-        the traced forward then starts at the thoughts, so decoder calls shift down by one.
-        Returns (the question state per row or None, the ops by call).
+        Every row of a pair shares the question + bot pass and the thoughts before the
+        batch's earliest patched step; those run for the distinct pairs and their KV cache is
+        broadcast over the rows, and the trace starts after them (module calls shift down).
+        Returns (the state per row or None, the ops by call).
         """
         model = self.model
         if not model.shares_question or self.remote or len(set(index)) == len(index):
             return None, by_call
+        before = [model.thoughts_before(op.path, c) for c, ops in by_call.items() for op in ops]
+        if not before or None in before:
+            return None, by_call
+        ran = min(before)
         shifted: dict[int, list[Op]] = defaultdict(list)
         for call, ops in by_call.items():
             for op in ops:
-                moved = model.call_after_question(op.path, call)
-                if moved is None:
-                    return None, by_call
-                shifted[moved].append(op)
+                shifted[model.call_after(op.path, call, ran)].append(op)
         firsts = list(dict.fromkeys(index))  # pairs in order of first appearance
-        first_row = [index.index(pair) for pair in firsts]
         device = encoded.input_ids.device
-        pick = torch.tensor(first_row, device=device)
+        pick = torch.tensor([index.index(pair) for pair in firsts], device=device)
         with torch.no_grad():
             asked = model.module.ask(
                 encoded.input_ids.index_select(0, pick),
                 encoded.attention_mask.index_select(0, pick),
+                thoughts=ran,
             )
         return asked.rows(torch.tensor([firsts.index(p) for p in index], device=device)), shifted
 

@@ -122,3 +122,10 @@ def _positions(positions: object, model: ModelShape, source: str | Path, field: 
     if len(set(labels)) != len(labels):
         raise RecipeError(source, field, "a position is listed twice", "list each once")
     return sorted(labels, key=order.index)
+
+
+def by_first_position(rows: list, labels: list[str]) -> list:
+    """Rows (spec, ...) in the order of their earliest patched position, stable otherwise:
+    a batch of rows patched from the same step on shares the forward up to that step."""
+    rank = {label: i for i, label in enumerate(labels)}
+    return sorted(rows, key=lambda row: min(rank[p] for p in row[0].positions))

@@ -27,7 +27,7 @@ from nnpatch.fingerprint import fingerprint
 from nnpatch.models import ModelShape, ThoughtModel, build_model, model_shape
 from nnpatch.models.base import last_number
 from nnpatch.pairs import Pair, load_pair_set
-from nnpatch.plan import PatchSpec, build_plan
+from nnpatch.plan import PatchSpec, build_plan, by_first_position
 from nnpatch.recipe import Recipe, load_recipe
 from nnpatch.remote import check_remote
 from nnpatch.report import render as render_report
@@ -260,6 +260,7 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
         if patch.control == "random-donor" and len(pairs) > 1:
             donors = control_donors(len(pairs), recipe.run.seed)
             rows += [(spec, i, donors[i]) for spec in prep.plan for i in range(len(pairs))]
+        rows = by_first_position(rows, prep.model.position_labels())
         tick = progress(len(rows)) if progress else (lambda n: None)
         clock = time.perf_counter()
         values, computed = _patch_in_shards(prep, base, rows, ShardStore(path), tick)

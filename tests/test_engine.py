@@ -204,26 +204,31 @@ def test_activations_before_the_patched_step_are_untouched():
 
 
 @pytest.mark.parametrize("site", ["resid", "thought"])
-def test_shared_question_pass_equals_running_it_per_row(tmp_path, monkeypatch, site):
-    """Rows of one pair start from one question pass run before the trace: the rows equal
-    those of a run where every row's trace runs its own question pass."""
+def test_shared_prefix_equals_running_it_per_row(tmp_path, monkeypatch, site):
+    """Rows of one pair continue from one question pass and the thoughts before the batch's
+    earliest patched step, run before the trace: the rows equal those of a run where every
+    row's trace runs its whole forward."""
     from nnpatch.models.base import ThoughtModel
     from nnpatch.models.codi import CodiModel
 
     asks = []
     real_ask = CodiModel.ask
-    monkeypatch.setattr(
-        CodiModel, "ask", lambda self, *a: asks.append(a[0].shape[0]) or real_ask(self, *a)
-    )
+
+    def counting_ask(self, ids, mask, thoughts=0):
+        asks.append((ids.shape[0], thoughts))
+        return real_ask(self, ids, mask, thoughts)
+
+    monkeypatch.setattr(CodiModel, "ask", counting_ask)
     recipe = write_recipe(
         tmp_path, patch={"mode": "single", "site": site, "positions": [0, 3, 5]}, data={"limit": 4}
     )
     shared = run_recipe(recipe)
-    assert 4 in asks  # a question pass on a batch's 4 distinct pairs, for its 16 rows
+    # batches of 16 rows over 4 pairs: prefixes run once per pair, some up to thought 5
+    assert (4, 0) in asks and (4, 5) in asks
     monkeypatch.setattr(ThoughtModel, "shares_question", False)
     asks.clear()
     separate = run_recipe(recipe)
-    assert 4 not in asks
+    assert all(thoughts == 0 and rows != 4 for rows, thoughts in asks)
     for name in METRICS:
         np.testing.assert_allclose(shared[name], separate[name], rtol=1e-5, atol=1e-5)
 

@@ -180,15 +180,20 @@ class ThoughtModel(PlacedModule):
 
     # ---- how the engine traces this model ------------------------------------------------
     row_copies = 1  # forward rows per encoded row
-    shares_question = True  # rows of one question can start from one question pass (`ask`)
+    shares_question = True  # rows of one question can continue from one `ask` state
 
-    @staticmethod
-    def call_after_question(path: str, call: int) -> int | None:
-        """A cell's module call when the question pass runs before the trace: decoder calls
-        move down by one; None for a cell inside the question pass itself."""
+    def thoughts_before(self, path: str, call: int) -> int | None:
+        """How many thoughts complete before this module call (prj call t builds thought t's
+        input; decoder call c runs thought c - 1); None inside the question pass."""
         if path == "prj":
             return call
-        return call - 1 if call > 0 else None
+        return min(call - 1, self.num_thoughts) if call > 0 else None
+
+    @staticmethod
+    def call_after(path: str, call: int, ran: int) -> int:
+        """This module call's index in a forward that starts after the question pass and
+        `ran` thoughts."""
+        return call - ran - (0 if path == "prj" else 1)
 
     def traced(self):
         """The nnsight wrapper the engine traces: the recurrent module itself."""

@@ -102,30 +102,36 @@ class CodiModel(nn.Module):
         )
         return out.last_hidden_state
 
-    def ask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Asked:
-        """The question + bot pass: the state every thought of these questions starts from."""
+    def ask(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, thoughts: int = 0
+    ) -> Asked:
+        """The question + bot pass, then the first `thoughts` thoughts: the state the rest of
+        the forward continues from."""
         cache = DynamicCache(config=self.lm.config)
         mask = attention_mask.long()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self._decode(cache, mask, positions, ids=input_ids)
-        return Asked(cache, mask, positions[:, -1:] + 1, hidden[:, -1:])
+        state = Asked(cache, mask, positions[:, -1:] + 1, hidden[:, -1:], 0)
+        for _ in range(thoughts):
+            state = self._thought(state)
+        return state
+
+    def _thought(self, state: Asked) -> Asked:
+        """One recurrent step: prj of the last hidden state, fed back as the next input."""
+        thought = self.prj(state.hidden)  # [B, 1, d]
+        mask = torch.cat([state.mask, state.mask.new_ones(state.mask.shape[0], 1)], dim=1)
+        hidden = self._decode(state.cache, mask, state.next_position, embeds=thought)
+        return Asked(state.cache, mask, state.next_position + 1, hidden[:, -1:], state.thoughts + 1)
 
     def think(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, asked: Asked | None = None
     ) -> Thinking:
-        """The K recurrent thoughts after the question pass (run here unless `asked` holds
-        it); the state the answer continues from."""
-        if asked is None:
-            asked = self.ask(input_ids, attention_mask)
-        cache, mask, hidden = asked.cache, asked.mask, asked.hidden
-        next_position = asked.next_position
-        one = mask.new_ones(mask.shape[0], 1)
-        for _ in range(self.num_thoughts):
-            thought = self.prj(hidden[:, -1:])  # [B, 1, d]
-            mask = torch.cat([mask, one], dim=1)
-            hidden = self._decode(cache, mask, next_position, embeds=thought)
-            next_position = next_position + 1
-        return Thinking(cache, mask, next_position)
+        """The K recurrent thoughts after the question pass, continuing from `asked` when the
+        question pass (and perhaps some thoughts) already ran; the state the answer follows."""
+        state = self.ask(input_ids, attention_mask) if asked is None else asked
+        while state.thoughts < self.num_thoughts:
+            state = self._thought(state)
+        return Thinking(state.cache, state.mask, state.next_position)
 
     def forward(
         self,
@@ -134,7 +140,7 @@ class CodiModel(nn.Module):
         prefix_ids: torch.Tensor,  # [P] the "The answer is:" tokens
         clean_answer: torch.Tensor,  # [B, A] right-padded
         corrupt_answer: torch.Tensor,  # [B, A'] right-padded
-        asked: Asked | None = None,  # the question pass, already run (it is then not traced)
+        asked: Asked | None = None,  # the question pass (+ thoughts), run before the trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
         state = self.think(input_ids, attention_mask, asked)
         cache, mask, batch = state.cache, state.mask, input_ids.shape[0]
@@ -199,12 +205,13 @@ class CodiModel(nn.Module):
 
 @dataclass
 class Asked:
-    """The state after the question + bot pass."""
+    """The state after the question + bot pass and the first `thoughts` thoughts."""
 
     cache: DynamicCache
-    mask: torch.Tensor  # [B, T]
+    mask: torch.Tensor  # [B, T + thoughts]
     next_position: torch.Tensor  # [B, 1]
-    hidden: torch.Tensor  # [B, 1, d] final hidden state at bot
+    hidden: torch.Tensor  # [B, 1, d] the last final hidden state (bot, or the last thought)
+    thoughts: int
 
     def rows(self, index: torch.Tensor) -> Asked:
         """These rows, repeated as `index` says (the cache is reordered in place)."""
@@ -214,6 +221,7 @@ class Asked:
             self.mask.index_select(0, index),
             self.next_position.index_select(0, index),
             self.hidden.index_select(0, index),
+            self.thoughts,
         )
 
 

@@ -28,6 +28,13 @@ def check_remote(recipe: Recipe, source: Path, status=None) -> None:
     mode, model = recipe.run.remote, recipe.model
     if not mode:
         return
+    if recipe.patch.mode == "attribution":
+        raise RecipeError(
+            source,
+            "patch.mode",
+            "attribution takes its gradients with local hooks, not through NDIF",
+            "run it locally (run.remote = false)",
+        )
     if model.preset is not None and model.preset not in PLAIN_PRESETS:
         raise RecipeError(
             source,

@@ -124,3 +124,9 @@ def test_manifest_records_the_remote_mode(tmp_path):
     (manifest,) = (tmp_path / "outputs").glob("*/*/manifest.json")
     assert json.loads(manifest.read_text())["remote"] == "local"
     assert pl.read_parquet(manifest.parent / "results.parquet").height > 0
+
+
+def test_attribution_is_refused_remotely(tmp_path):
+    recipe = _recipe(tmp_path, model={"preset": "tiny-random-gpt2"})
+    line = _run(recipe, "--set", "run.remote='local'", "--set", "patch.mode='attribution'")
+    assert "patch.mode: attribution takes its gradients with local hooks" in line

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 
 from nnpatch import metrics as M
-from nnpatch.engine import Baselines, Engine, PairAnswers, _envoy, _select
+from nnpatch.engine import Baselines, Engine, PairAnswers, _envoy
 from nnpatch.pairs import Pair
 from nnpatch.plan import PatchSpec
 
@@ -49,10 +49,8 @@ def estimate(
 
 def _estimate_chunk(engine, pairs, answers, baselines, specs, index) -> torch.Tensor:
     model, names = engine.model, engine.metric_names
-    side = "corrupted_question" if engine.direction == "denoise" else "clean_question"
-    encoded, targets = engine._encode([getattr(pairs[i], side) for i in index], answers, index)
+    encoded, targets, refs = engine.receivers(pairs, answers, baselines, index)
     device = model.device
-    refs = _select(baselines.references, torch.tensor(index, device=device))
     cells = {
         (s.layer, s.positions[0]): model.cell(engine.site, s.layer, s.positions[0]) for s in specs
     }

@@ -214,6 +214,16 @@ class Engine:
             ]
         )
 
+    def receivers(
+        self, pairs: list[Pair], answers: PairAnswers, baselines: Baselines, index: list[int]
+    ) -> tuple[Encoded, M.AnswerTargets, M.References]:
+        """The runs patched into (corrupted for denoise, clean for noise) of pairs `index`:
+        encoded, their answer targets, and their pairs' baselines."""
+        side = "corrupted_question" if self.direction == "denoise" else "clean_question"
+        encoded, targets = self._encode([getattr(pairs[i], side) for i in index], answers, index)
+        refs = _select(baselines.references, torch.tensor(index, device=self.model.device))
+        return encoded, targets, refs
+
     def _patch_batch(
         self,
         pairs: list[Pair],
@@ -222,9 +232,7 @@ class Engine:
         batch: list[Row],
     ) -> torch.Tensor:
         index = [pair for _, pair, _ in batch]
-        side = "corrupted_question" if self.direction == "denoise" else "clean_question"
-        encoded, targets = self._encode([getattr(pairs[i], side) for i in index], answers, index)
-        refs = _select(baselines.references, torch.tensor(index, device=self.model.device))
+        encoded, targets, refs = self.receivers(pairs, answers, baselines, index)
         rows_by_cell: dict[tuple[int | None, str], tuple[list[int], list[int]]] = defaultdict(
             lambda: ([], [])
         )

@@ -85,7 +85,9 @@ class PlacedModule:
 
     @property
     def device(self) -> torch.device:
-        return next(self.module.parameters()).device
+        """Where inputs go: this machine's CPU when the weights live on NDIF (meta here)."""
+        device = next(self.module.parameters()).device
+        return torch.device("cpu") if device.type == "meta" else device
 
     @property
     def dtype(self) -> torch.dtype:

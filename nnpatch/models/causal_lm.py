@@ -57,12 +57,6 @@ class CausalLM(PlacedModule):
         self.key_report = None
         self.remote_traced = None  # the nnsight wrapper NDIF knows, for remote runs
 
-    @property
-    def device(self) -> torch.device:
-        """Where inputs go: this machine's CPU when the weights live on NDIF (meta here)."""
-        device = next(self.module.parameters()).device
-        return torch.device("cpu") if device.type == "meta" else device
-
     # ---- shape -----------------------------------------------------------------------------
     @property
     def num_layers(self) -> int:

@@ -48,20 +48,20 @@ def test_run_writes_a_finished_folder(tmp_path):
     assert "top cells by mean recovery" in result.output
     [folder] = list((tmp_path / "chained").iterdir())
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["status"] == "finished" and manifest["rows"] == 2 * 2 * 6  # with control
+    assert manifest["status"] == "finished" and manifest["rows"] == 2 * 2 * 3  # 3 thoughts, with control
 
 
 def test_validate_ok():
     """validate reports the model, pairs and plan size."""
     result = CliRunner().invoke(main, ["validate", str(ROOT / "recipes" / "layer.toml")])
-    assert result.exit_code == 0 and "ok (tiny-random-codi, 16 pairs, 4 patches" in result.output
+    assert result.exit_code == 0 and "ok (toy-codi, 64 pairs, 3 patches" in result.output
 
 
 def test_inspect_describes_the_model():
     """inspect: layers, positions, special ids."""
     result = CliRunner().invoke(main, ["inspect", str(ROOT / "recipes" / "position.toml")])
     assert result.exit_code == 0, result.output
-    assert "4 layers" in result.output and "positions: bot, 0, 1, 2, 3, 4, 5, eot" in result.output
+    assert "3 layers" in result.output and "positions: bot, 0, 1, 2, eot" in result.output
     assert "ids: bot 154, eot 155, pad 153" in result.output
 
 

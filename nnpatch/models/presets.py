@@ -73,12 +73,18 @@ def tiny_random_codi(family: str = "llama", num_thoughts: int = 6) -> ThoughtMod
 TOY_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "toy-codi"
 
 
-def toy_codi(folder: str | Path | None = None, num_thoughts: int = 6) -> ThoughtModel:
-    """The embedded trained model (nnpatch/weights/toy-codi), through the CODI loader."""
+def toy_codi(folder: str | Path | None = None, num_thoughts: int | None = None) -> ThoughtModel:
+    """The embedded trained model (nnpatch/weights/toy-codi), through the CODI loader; it
+    thinks as many steps as it was trained with (training.json) unless told otherwise."""
+    import json
+
     from nnpatch.models.release import load_codi
     from nnpatch.recipe import ModelSection
 
     path = str(folder or TOY_WEIGHTS)
+    card = Path(path) / "training.json"
+    if num_thoughts is None:
+        num_thoughts = json.loads(card.read_text())["num_thoughts"] if card.exists() else 3
     model = load_codi(
         ModelSection(kind="codi", base=path, checkpoint=path, num_thoughts=num_thoughts)
     )

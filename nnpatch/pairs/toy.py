@@ -20,9 +20,10 @@ from nnpatch.pairs.schema import Pair
 
 NAMES = ["Tom", "Sam", "Ann", "Mia", "Leo", "Zoe", "Ben", "Eva"]
 ITEMS = ["coins", "cards", "eggs", "pens"]
+# every phrase is 8 tokens, so each number sits at the same position in every question
 PHRASES = {
-    "+": "Then {p} gets {k} more .",
-    "-": "Then {p} loses {k} .",
+    "+": "Then {p} finds {k} more of them .",
+    "-": "Then {p} gives {k} of them away .",
     "*": "Then {p} has {k} times as many .",
 }
 NUM_OPS = 3  # serial steps per problem

@@ -7,7 +7,10 @@ CODI's objective on toy multi-step arithmetic (nnpatch.pairs.toy), one shared mo
 - student: question + bot, K recurrent thoughts through `prj`, eot, "The answer is:",
   cross-entropy on the answer;
 - distillation: the student's hidden states at the token before the answer (the ":" of the
-  prefix) pulled towards the teacher's, every layer, smooth-L1 divided by the teacher's std.
+  prefix) pulled towards the teacher's, every layer, smooth-L1 divided by the teacher's std;
+- one addition, so a model this small learns in minutes: thought k's final hidden state, read
+  through the (tied) LM head, is trained to name step k's result, as CODI's released thoughts
+  are found to decode to intermediate results. The teacher trains alone for the first steps.
 The weights are saved in the CODI release layout (`codi.base_model.model.*`, `prj.*`; no LoRA,
 the model is trained from scratch), with the config and tokenizer beside them, so the preset
 loads through the same loader as released checkpoints.
@@ -40,8 +43,9 @@ SHAPE = {
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
 }
-NUM_THOUGHTS = 6
-DISTILL_FACTOR = 20.0
+NUM_THOUGHTS = 3  # one per step
+DISTILL_FACTOR = 0.5
+THOUGHT_FACTOR = 1.0
 
 
 def build_model(seed: int) -> ThoughtModel:
@@ -93,14 +97,20 @@ def encode_batch(model: ThoughtModel, problems) -> dict[str, torch.Tensor]:
         "answers": answers,
         "answer_mask": answer_mask,
         "prefix": torch.tensor(prefix),
+        "results": torch.tensor([[int(s.split("=")[1][:-2]) for s in p.steps] for p in problems]),
+        "digits": torch.tensor(tok.convert_tokens_to_ids([str(d) for d in range(10)])),
     }
 
 
-def student_forward(module: CodiModel, b: dict) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Logits after eot [B, P + A, V] (prefix and answer) and every layer's hidden state at
-    the ':' before the answer. CODI trains the student on the whole text after eot, so it
+def student_forward(module: CodiModel, b: dict):
+    """Logits after eot [B, P + A, V] (prefix and answer), every layer's hidden state at
+    the ':' before the answer, and each thought's final hidden state [B, d]. CODI trains the student on the whole text after eot, so it
     decodes "The answer is: X" by itself."""
-    state = module.think(b["questions"], b["question_mask"])
+    state = module.ask(b["questions"], b["question_mask"])
+    thoughts = []
+    while state.thoughts < module.num_thoughts:
+        state = module._thought(state)
+        thoughts.append(state.hidden[:, 0])
     batch = b["questions"].shape[0]
     tail = torch.cat(
         [
@@ -122,7 +132,7 @@ def student_forward(module: CodiModel, b: dict) -> tuple[torch.Tensor, tuple[tor
     )
     colon = b["prefix"].shape[0]  # tail index of the last prefix token
     logits = module.lm.lm_head(out.last_hidden_state[:, :-1])  # predicts tail tokens 1..
-    return logits, tuple(h[:, colon] for h in out.hidden_states[1:])
+    return logits, tuple(h[:, colon] for h in out.hidden_states[1:]), thoughts
 
 
 def teacher_loss(model: ThoughtModel, b: dict) -> torch.Tensor:
@@ -145,7 +155,7 @@ def losses(model: ThoughtModel, b: dict) -> dict[str, torch.Tensor]:
     )
     rows = torch.arange(b["teacher"].shape[0])
     targets = [h[rows, b["colon"]].detach() for h in teacher.hidden_states[1:]]
-    student_logits, student_hidden = student_forward(module, b)
+    student_logits, student_hidden, thoughts = student_forward(module, b)
     batch = b["answers"].shape[0]
     answer_labels = b["answers"].masked_fill(b["answer_mask"] == 0, -100)
     labels = torch.cat([b["prefix"].expand(batch, -1), answer_labels], dim=1)
@@ -156,13 +166,25 @@ def losses(model: ThoughtModel, b: dict) -> dict[str, torch.Tensor]:
         F.smooth_l1_loss(s, t) / (t.std() + 1e-6)
         for s, t in zip(student_hidden, targets, strict=True)
     ) / len(targets)
-    return {"teacher_ce": teacher_ce, "student_ce": student_ce, "distill": distill}
+    per_step = len(thoughts) // b["results"].shape[1]  # thoughts per arithmetic step
+    thought_ce = sum(
+        F.cross_entropy(
+            module.lm.lm_head(thoughts[(k + 1) * per_step - 1])[:, b["digits"]], b["results"][:, k]
+        )
+        for k in range(b["results"].shape[1])
+    ) / b["results"].shape[1]
+    return {
+        "teacher_ce": teacher_ce,
+        "student_ce": student_ce,
+        "distill": distill,
+        "thought_ce": thought_ce,
+    }
 
 
 def _fresh(rng: random.Random, num_ops: int, unseen: set) -> Problem:
-    """A training problem never evaluated on; shorter chains mixed in as a curriculum."""
+    """A training problem never evaluated on."""
     while True:
-        problem = sample(rng, rng.randint(1, num_ops))
+        problem = sample(rng, num_ops)
         if (problem.start, problem.ops) not in unseen:
             return problem
 
@@ -183,8 +205,9 @@ def train(
     seed: int,
     num_ops: int,
     distill_factor: float = DISTILL_FACTOR,
-    teacher_steps: int = 0,
-    evaluate_every: int = 100,
+    teacher_steps: int = 500,
+    thought_factor: float = THOUGHT_FACTOR,
+    evaluate_every: int = 200,
 ) -> dict:
     """`teacher_steps` first train the explicit-steps task alone (a warm-up: the student learns
     nothing until the teacher can do the arithmetic), then CODI's joint objective."""
@@ -196,10 +219,13 @@ def train(
     # nothing evaluated (held-out problems, the toy-arithmetic pairs) is ever trained on
     unseen = {(p.start, p.ops) for p in problems} | _pair_problems(num_ops)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
-    )
+    warmup, decay = 50, int(0.7 * steps)  # constant, then a cosine to 10% over the last 30%
+
+    def rate(s: int) -> float:
+        tail = max(0, s - decay) / (steps - decay)
+        return min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * tail)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     started = time.time()
     for step in range(steps):
         b = encode_batch(model, [_fresh(rng, num_ops, unseen) for _ in range(batch)])
@@ -208,7 +234,12 @@ def train(
             loss = parts["teacher_ce"]
         else:
             parts = losses(model, b)
-            loss = parts["teacher_ce"] + parts["student_ce"] + distill_factor * parts["distill"]
+            loss = (
+                parts["teacher_ce"]
+                + parts["student_ce"]
+                + distill_factor * parts["distill"]
+                + thought_factor * parts["thought_ce"]
+            )
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 2.0)
@@ -233,6 +264,7 @@ def train(
         "num_ops": num_ops,
         "distill_factor": distill_factor,
         "teacher_steps": teacher_steps,
+        "thought_factor": thought_factor,
         "train_seconds": round(time.time() - started),
         "shape": SHAPE,
         "num_thoughts": NUM_THOUGHTS,
@@ -265,12 +297,13 @@ def save(model: ThoughtModel, out: Path, card: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train the embedded toy CODI model.")
     parser.add_argument("--out", type=Path, default=Path("nnpatch/weights/toy-codi"))
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=3200)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--distill", type=float, default=DISTILL_FACTOR)
-    parser.add_argument("--teacher-steps", type=int, default=0)
+    parser.add_argument("--teacher-steps", type=int, default=500)
+    parser.add_argument("--thought-factor", type=float, default=THOUGHT_FACTOR)
     parser.add_argument("--num-ops", type=int, default=NUM_OPS)
     args = parser.parse_args()
     card = train(
@@ -282,6 +315,7 @@ def main() -> None:
         args.num_ops,
         args.distill,
         args.teacher_steps,
+        args.thought_factor,
     )
     print(json.dumps(card, indent=2))
 

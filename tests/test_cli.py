@@ -48,7 +48,8 @@ def test_run_writes_a_finished_folder(tmp_path):
     assert "top cells by mean recovery" in result.output
     [folder] = list((tmp_path / "chained").iterdir())
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["status"] == "finished" and manifest["rows"] == 2 * 2 * 3  # 3 thoughts, with control
+    # 2 pairs x 3 thoughts x (patch + control)
+    assert manifest["status"] == "finished" and manifest["rows"] == 2 * 3 * 2
 
 
 def test_validate_ok():

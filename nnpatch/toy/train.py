@@ -33,7 +33,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from nnpatch.models.base import ThoughtModel, pad_rows
 from nnpatch.models.codi import CodiModel, Projection
 from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
-from nnpatch.pairs.toy import NUM_OPS, Problem, sample
+from nnpatch.pairs.toy import NUM_OPS, Problem, apply, sample
 from nnpatch.toy.evaluate import accuracy, held_out
 
 SHAPE = {
@@ -67,6 +67,15 @@ def build_model(seed: int) -> ThoughtModel:
     return ThoughtModel(module, tokenizer, "toy-codi")
 
 
+def step_results(problem: Problem) -> list[int]:
+    """The value after each operation: what thought k is trained to name."""
+    values, value = [], problem.start
+    for op, k in problem.ops:
+        value = apply(op, value, k)
+        values.append(value)
+    return values
+
+
 def encode_batch(model: ThoughtModel, problems) -> dict[str, torch.Tensor]:
     tok, pad = model.tokenizer, model.module.pad_id
     prefix = model.prefix_ids()
@@ -97,15 +106,15 @@ def encode_batch(model: ThoughtModel, problems) -> dict[str, torch.Tensor]:
         "answers": answers,
         "answer_mask": answer_mask,
         "prefix": torch.tensor(prefix),
-        "results": torch.tensor([[int(s.split("=")[1][:-2]) for s in p.steps] for p in problems]),
+        "results": torch.tensor([step_results(p) for p in problems]),
         "digits": torch.tensor(tok.convert_tokens_to_ids([str(d) for d in range(10)])),
     }
 
 
 def student_forward(module: CodiModel, b: dict):
     """Logits after eot [B, P + A, V] (prefix and answer), every layer's hidden state at
-    the ':' before the answer, and each thought's final hidden state [B, d]. CODI trains the student on the whole text after eot, so it
-    decodes "The answer is: X" by itself."""
+    the ':' before the answer, and each thought's final hidden state [B, d]. CODI trains the
+    student on the whole text after eot, so it decodes "The answer is: X" by itself."""
     state = module.ask(b["questions"], b["question_mask"])
     thoughts = []
     while state.thoughts < module.num_thoughts:
@@ -167,12 +176,16 @@ def losses(model: ThoughtModel, b: dict) -> dict[str, torch.Tensor]:
         for s, t in zip(student_hidden, targets, strict=True)
     ) / len(targets)
     per_step = len(thoughts) // b["results"].shape[1]  # thoughts per arithmetic step
-    thought_ce = sum(
-        F.cross_entropy(
-            module.lm.lm_head(thoughts[(k + 1) * per_step - 1])[:, b["digits"]], b["results"][:, k]
+    thought_ce = (
+        sum(
+            F.cross_entropy(
+                module.lm.lm_head(thoughts[(k + 1) * per_step - 1])[:, b["digits"]],
+                b["results"][:, k],
+            )
+            for k in range(b["results"].shape[1])
         )
-        for k in range(b["results"].shape[1])
-    ) / b["results"].shape[1]
+        / b["results"].shape[1]
+    )
     return {
         "teacher_ce": teacher_ce,
         "student_ce": student_ce,

@@ -1,17 +1,20 @@
 """The original experiment's sweep shape, three ways in one process, on a named model shape.
 
     python benchmarks/sweep.py [--shape tiny|gpt2-small|llama-1b] [--pairs 8] [--device cpu]
+                               [--batch-size 64[,256,...]]
 
 A random-weight CODI model of the shape and toy pairs, built with no download. The sweep is
 pairs × every layer × every thought, single mode, resid, denoise:
 (a) loop: one traced recurrent forward per patch (the original method, done correctly),
     timed on the first `--loop-patches` patches;
-(b) nnpatch: the engine, `--batch-size` rows per traced forward, baselines included;
+(b) nnpatch: the engine, `--batch-size` rows per traced forward (one timing per size given),
+    baselines included;
 (c) TransformerLens `patching.get_act_patch_resid_pre` on a plain model of the same shape,
     prompts as long as the CODI sequence (needs `pip install transformer-lens`).
 Per way: patches/s, wall time (extrapolated for the loop), peak memory, effective FLOP/s (the
 FLOPs of one full recurrent forward per patch, whatever a way actually skips) as a fraction of
-a matmul peak measured in the same run; then the ratios b/a and b/c.
+a matmul peak measured in the same run; the largest difference between (a) and (b) on the rows
+both ran; then the ratios b/a and b/c (b at its fastest batch size).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import os
 import resource
 import time
+from dataclasses import replace
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's progress bar
 
@@ -30,6 +34,7 @@ from nnpatch.engine import Engine
 from nnpatch.models.base import ThoughtModel
 from nnpatch.models.codi import CodiModel, Projection
 from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
+from nnpatch.pairs import Pair
 from nnpatch.pairs.builtin import tiny_arithmetic
 from nnpatch.plan import PatchSpec, by_first_position
 
@@ -65,19 +70,20 @@ def build(shape: str, num_thoughts: int, device: str, dtype: torch.dtype) -> Tho
     tokenizer = build_tiny_tokenizer()
     text = len(tokenizer)
     torch.manual_seed(0)
-    if family == "llama":
-        lm = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, max_position_embeddings=512, **sizes))
-        d = sizes["hidden_size"]
-    else:
-        lm = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=512, **sizes))
-        d = sizes["n_embd"]
-    module = CodiModel(lm, Projection(d, d), num_thoughts, text + 1, text + 2, text)
-    return ThoughtModel(module.to(device=device, dtype=dtype).eval(), tokenizer, shape)
+    with torch.device(device):  # random init where the model runs: seconds, not minutes, at 1B
+        if family == "llama":
+            config = LlamaConfig(vocab_size=vocab, max_position_embeddings=512, **sizes)
+            lm, d = LlamaForCausalLM(config), sizes["hidden_size"]
+        else:
+            lm = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=512, **sizes))
+            d = sizes["n_embd"]
+        module = CodiModel(lm, Projection(d, d), num_thoughts, text + 1, text + 2, text)
+    return ThoughtModel(module.to(dtype=dtype).eval(), tokenizer, shape)
 
 
 def matmul_peak(device: str, dtype: torch.dtype) -> float:
     """FLOP/s of a large square matmul here: the ceiling the sweeps are measured against."""
-    n = 2048
+    n = 8192 if device.startswith("cuda") else 2048  # large enough to fill the device
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b
     _sync(device)
@@ -105,7 +111,8 @@ def _reset(device: str) -> None:
 
 
 def codi_sweep(model, pairs, batch_size: int, limit: int | None, device: str):
-    """Seconds and patches for the sweep (or its first `limit` patches)."""
+    """Seconds for the baselines and for the patches, patches done, patches in the sweep, and
+    logit_diff per (layer, thought, pair), for the sweep (or its first `limit` patches)."""
     specs = [
         PatchSpec(layer, (str(t),))
         for layer in range(model.num_layers)
@@ -121,9 +128,29 @@ def codi_sweep(model, pairs, batch_size: int, limit: int | None, device: str):
     _sync(device)
     start = time.perf_counter()
     base = engine.baselines(pairs, answers, cells, max(1, min(batch_size, len(pairs))))
-    engine.patch(pairs, answers, base, rows, batch_size)
     _sync(device)
-    return time.perf_counter() - start, len(rows), len(specs) * len(pairs)
+    baselines = time.perf_counter() - start
+    values = engine.patch(pairs, answers, base, rows, batch_size)
+    _sync(device)
+    patches = time.perf_counter() - start - baselines
+    by_row = {
+        (s.layer, s.positions, i): v[0].item() for (s, i, _), v in zip(rows, values, strict=True)
+    }
+    return baselines, patches, len(rows), len(specs) * len(pairs), by_row
+
+
+def padded(pair: Pair, model: ThoughtModel, tokens: int) -> Pair:
+    """The pair with filler words before both questions, so each is at least `tokens` long
+    (GSM8K questions run to about 60 Llama tokens; the toy ones to about 25)."""
+
+    def pad(question: str) -> str:
+        return "the " * max(0, tokens - len(model.question_ids(question))) + question
+
+    return replace(
+        pair,
+        clean_question=pad(pair.clean_question),
+        corrupted_question=pad(pair.corrupted_question),
+    )
 
 
 def tokens_per_row(model, pairs) -> int:
@@ -187,14 +214,20 @@ def main() -> None:
     parser.add_argument("--shape", default="tiny", choices=list(SHAPES))
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--thoughts", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", default="64", help="rows per forward; a,b,… times each")
     parser.add_argument("--loop-patches", type=int, default=48)
+    parser.add_argument(
+        "--question-tokens", type=int, default=0, help="pad questions to this many tokens"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     model = build(args.shape, args.thoughts, args.device, dtype)
-    pairs = tiny_arithmetic(count=max(args.pairs, 2))[: args.pairs]
+    pairs = [
+        padded(pair, model, args.question_tokens)
+        for pair in tiny_arithmetic(count=max(args.pairs, 2))[: args.pairs]
+    ]
     params = sum(
         p.numel()
         for n, p in model.module.named_parameters()
@@ -204,14 +237,16 @@ def main() -> None:
     peak = matmul_peak(args.device, dtype)
     print(
         f"shape {args.shape}: {model.num_layers} layers × {model.num_thoughts} thoughts × "
-        f"{len(pairs)} pairs, {params / 1e6:.1f}M non-embedding parameters, {args.device} "
+        f"{len(pairs)} pairs, {tokens_per_row(model, pairs)} tokens per row, "
+        f"{params / 1e6:.1f}M non-embedding parameters, {args.device} "
         f"{args.dtype}, {torch.get_num_threads()} threads; matmul peak {peak / 1e9:.1f} GFLOP/s"
     )
 
     rates = {}
 
-    def report(name, seconds, done, total):
-        rate = done / seconds
+    def report(name, baselines, patches, done, total):
+        """A way's rate over the whole sweep; a partial run's patch time is scaled up to it."""
+        rate = total / (baselines + patches * total / done)
         rates[name] = rate
         achieved = rate * flops_per_patch
         print(
@@ -221,9 +256,20 @@ def main() -> None:
         )
 
     _reset(args.device)
-    report("a loop", *codi_sweep(model, pairs, 1, args.loop_patches, args.device))
-    _reset(args.device)
-    report("b nnpatch", *codi_sweep(model, pairs, args.batch_size, None, args.device))
+    *timing, loop_rows = codi_sweep(model, pairs, 1, args.loop_patches, args.device)
+    report("a loop", *timing)
+    gap = 0.0
+    for size in [int(s) for s in args.batch_size.split(",")]:
+        _reset(args.device)
+        *timing, rows = codi_sweep(model, pairs, size, None, args.device)
+        report(f"b nnpatch, batch {size}", *timing)
+        gap = max([gap] + [abs(rows[key] - value) for key, value in loop_rows.items()])
+    rates["b nnpatch"] = max(v for k, v in rates.items() if k.startswith("b "))
+    scale = max(abs(v) for v in loop_rows.values())
+    print(
+        f"largest |logit_diff (a) - (b)| over the {len(loop_rows)} rows both ran: {gap:.2e} "
+        f"(largest |logit_diff| there {scale:.2f})"
+    )
     _reset(args.device)
     tl = transformer_lens_sweep(
         args.shape, len(pairs), tokens_per_row(model, pairs), args.device, dtype
@@ -231,7 +277,7 @@ def main() -> None:
     if tl is None:
         print("(c) TransformerLens not installed: pip install transformer-lens")
     else:
-        report("c TransformerLens", tl[0], tl[1], tl[1])
+        report("c TransformerLens", 0.0, tl[0], tl[1], tl[1])
     print(f"b/a = {rates['b nnpatch'] / rates['a loop']:.1f}x", end="")
     if "c TransformerLens" in rates:
         print(f"   b/c = {rates['b nnpatch'] / rates['c TransformerLens']:.1f}x", end="")

@@ -99,3 +99,29 @@ def test_thoughts_carry_information(llama):
         zeroed = llama.module(*encoded.args())[0]
         hook.remove()
     assert (plain - zeroed).abs().max() > 1e-2
+
+
+def test_pad_rows_builds_repeated_rows_once_and_keeps_their_order():
+    """A sweep's batch repeats each pair's row once per patch; padding gathers them."""
+    from nnpatch.models.base import pad_rows
+
+    rows = [[5, 6], [7], [5, 6], [8, 9, 1], [7]]
+    for left in (True, False):
+        ids, mask = pad_rows(rows, 0, left)
+        for i, row in enumerate(rows):
+            span = slice(3 - len(row), 3) if left else slice(0, len(row))
+            assert ids[i, span].tolist() == row
+            assert mask[i].sum() == len(row) and mask[i, span].all()
+            assert (ids[i][mask[i] == 0] == 0).all()
+
+
+def test_float32_logits_off_cuda_are_the_upcast_product():
+    """Off CUDA the head runs in float32 on the upcast weight (bfloat16 in, float32 out)."""
+    from nnpatch.models.codi import float32_logits
+
+    head = torch.nn.Linear(16, 40, dtype=torch.bfloat16)
+    hidden = torch.randn(3, 2, 16, dtype=torch.bfloat16)
+    logits = float32_logits(head, hidden)
+    want = hidden.double() @ head.weight.double().T + head.bias.double()
+    assert logits.dtype == torch.float32 and logits.shape == (3, 2, 40)
+    torch.testing.assert_close(logits.double(), want, rtol=1e-6, atol=1e-6)

@@ -170,7 +170,8 @@ class ThoughtModel(PlacedModule):
     def encode(
         self, questions: list[str], clean_answers: list[list[int]], corrupt_answers: list[list[int]]
     ) -> Encoded:
-        questions_ids = [self.question_ids(q) for q in questions]
+        tokenised = {q: self.question_ids(q) for q in dict.fromkeys(questions)}  # once each
+        questions_ids = [tokenised[q] for q in questions]
         pad = self.module.pad_id
         input_ids, mask = pad_rows(questions_ids, pad, left=True)
         prefix = torch.tensor(self.prefix_ids())
@@ -218,11 +219,18 @@ def last_number(text: str) -> str | None:
 
 
 def pad_rows(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
+    """Ids and mask, padded on the left or right. A sweep repeats each pair's rows once per
+    patch, so each distinct row is built once and the batch gathers them."""
+    distinct = list(dict.fromkeys(map(tuple, rows)))
+    width = max(len(r) for r in distinct)
+    ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(distinct), width), dtype=torch.long)
+    for i, row in enumerate(distinct):
         span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span] = torch.tensor(row)
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
         mask[i, span] = 1
-    return ids, mask
+    if len(distinct) == len(rows):
+        return ids, mask
+    where = {row: i for i, row in enumerate(distinct)}
+    index = torch.tensor([where[tuple(row)] for row in rows])
+    return ids[index], mask[index]

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The README's GPU figures in one call: sweep.py at tiny shape in float32 (its agreement line
+# checks the engine against the per-patch loop on CUDA), then the original experiment's sweep
+# (57 pairs x 16 layers x 6 thoughts, llama-1b shape, bfloat16, GSM8K-length questions) at
+# several batch sizes, the first repeated to show the spread. Logs go to $OUT or outputs/gpu.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+out="${OUT:-outputs/gpu}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, nnsight; print('torch', torch.__version__,
+  'transformers', transformers.__version__, 'nnsight', nnsight.__version__)"
+python3 -c "import torch; from nnpatch.models.codi import float32_logits as f
+head = torch.nn.Linear(2048, 128256, bias=False, device='cuda', dtype=torch.bfloat16)
+x = torch.randn(64, 3, 2048, device='cuda', dtype=torch.bfloat16)
+ref = torch.nn.functional.linear(x.double(), head.weight.double())
+got = f(head, x).double()
+upcast = torch.nn.functional.linear(x.float(), head.weight.float()).double()
+for name, y in (('float32_logits', got), ('float32 upcast', upcast)):
+    print(name, 'bfloat16 on CUDA: relative error', ((y - ref).norm() / ref.norm()).item())"
+python3 benchmarks/sweep.py --shape tiny --device cuda --batch-size 64,512 2>&1 |
+  grep -v Warning | tee "$out/tiny.txt"
+python3 benchmarks/sweep.py --shape llama-1b --device cuda --dtype bfloat16 --pairs 57 \
+  --thoughts 6 --question-tokens 64 --batch-size 912,2736,5472,912 "$@" 2>&1 |
+  grep -v Warning | tee "$out/llama-1b.txt"

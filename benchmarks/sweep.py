@@ -7,8 +7,8 @@ A random-weight CODI model of the shape and toy pairs, built with no download. T
 pairs × every layer × every thought, single mode, resid, denoise:
 (a) loop: one traced recurrent forward per patch (the original method, done correctly),
     timed on the first `--loop-patches` patches;
-(b) nnpatch: the engine, `--batch-size` rows per traced forward (one timing per size given),
-    baselines included;
+(b) nnpatch: the engine, `--batch-size` rows per traced forward (one timing per size given,
+    the median of `--repeat` runs), baselines included;
 (c) TransformerLens `patching.get_act_patch_resid_pre` on a plain model of the same shape,
     prompts as long as the CODI sequence (needs `pip install transformer-lens`).
 Per way: patches/s, wall time (extrapolated for the loop), peak memory, effective FLOP/s (the
@@ -216,6 +216,7 @@ def main() -> None:
     parser.add_argument("--thoughts", type=int, default=6)
     parser.add_argument("--batch-size", default="64", help="rows per forward; a,b,… times each")
     parser.add_argument("--loop-patches", type=int, default=48)
+    parser.add_argument("--repeat", type=int, default=3, help="(b) runs per size; the median")
     parser.add_argument(
         "--question-tokens", type=int, default=0, help="pad questions to this many tokens"
     )
@@ -261,7 +262,8 @@ def main() -> None:
     gap = 0.0
     for size in [int(s) for s in args.batch_size.split(",")]:
         _reset(args.device)
-        *timing, rows = codi_sweep(model, pairs, size, None, args.device)
+        runs = [codi_sweep(model, pairs, size, None, args.device) for _ in range(args.repeat)]
+        *timing, rows = sorted(runs, key=lambda run: run[0] + run[1])[len(runs) // 2]
         report(f"b nnpatch, batch {size}", *timing)
         gap = max([gap] + [abs(rows[key] - value) for key, value in loop_rows.items()])
     rates["b nnpatch"] = max(v for k, v in rates.items() if k.startswith("b "))

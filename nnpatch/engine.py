@@ -274,16 +274,19 @@ class Engine:
         for call, ops in by_call.items():
             for op in ops:
                 shifted[model.call_after(op.path, call, ran)].append(op)
-        firsts = list(dict.fromkeys(index))  # pairs in order of first appearance
+        first_row: dict[int, int] = {}  # pair → its first row, pairs in order of appearance
+        for row, pair in enumerate(index):
+            first_row.setdefault(pair, row)
+        slot = {pair: i for i, pair in enumerate(first_row)}
         device = encoded.input_ids.device
-        pick = torch.tensor([index.index(pair) for pair in firsts], device=device)
+        pick = torch.tensor(list(first_row.values()), device=device)
         with torch.no_grad():
             asked = model.module.ask(
                 encoded.input_ids.index_select(0, pick),
                 encoded.attention_mask.index_select(0, pick),
                 thoughts=ran,
             )
-        return asked.rows(torch.tensor([firsts.index(p) for p in index], device=device)), shifted
+        return asked.rows(torch.tensor([slot[p] for p in index], device=device)), shifted
 
     # ---- the traced forward ----------------------------------------------------------------
     def _ops(self, encoded: Encoded, cells: dict) -> dict[int, list[Op]]:

@@ -122,13 +122,20 @@ class CodiModel(nn.Module):
         return Asked(state.cache, mask, state.next_position + 1, hidden[:, -1:], state.thoughts + 1)
 
     def think(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, asked: Asked | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        asked: Asked | None = None,
+        thought_hidden: list[torch.Tensor] | None = None,
     ) -> Thinking:
         """The K recurrent thoughts after the question pass, continuing from `asked` when the
-        question pass (and perhaps some thoughts) already ran; the state the answer follows."""
+        question pass (and perhaps some thoughts) already ran; the state the answer follows.
+        `thought_hidden`, if given, receives each thought's final hidden state [B, d]."""
         state = self.ask(input_ids, attention_mask) if asked is None else asked
         while state.thoughts < self.num_thoughts:
             state = self._thought(state)
+            if thought_hidden is not None:
+                thought_hidden.append(state.hidden[:, 0])
         return Thinking(state.cache, state.mask, state.next_position)
 
     def forward(

@@ -115,11 +115,8 @@ def student_forward(module: CodiModel, b: dict):
     """Logits after eot [B, P + A, V] (prefix and answer), every layer's hidden state at
     the ':' before the answer, and each thought's final hidden state [B, d]. CODI trains the
     student on the whole text after eot, so it decodes "The answer is: X" by itself."""
-    state = module.ask(b["questions"], b["question_mask"])
-    thoughts = []
-    while state.thoughts < module.num_thoughts:
-        state = module._thought(state)
-        thoughts.append(state.hidden[:, 0])
+    thoughts: list[torch.Tensor] = []
+    state = module.think(b["questions"], b["question_mask"], thought_hidden=thoughts)
     batch = b["questions"].shape[0]
     tail = torch.cat(
         [

@@ -2,7 +2,7 @@
 # The README's GPU figures in one call: sweep.py at tiny shape in float32 (its agreement line
 # checks the engine against the per-patch loop on CUDA), then the original experiment's sweep
 # (57 pairs x 16 layers x 6 thoughts, llama-1b shape, bfloat16, GSM8K-length questions) at
-# several batch sizes, the first repeated to show the spread. Logs go to $OUT or outputs/gpu.
+# several batch sizes (each the median of 3 runs). Logs go to $OUT or outputs/gpu.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 out="${OUT:-outputs/gpu}"
@@ -21,5 +21,5 @@ for name, y in (('float32_logits', got), ('float32 upcast', upcast)):
 python3 benchmarks/sweep.py --shape tiny --device cuda --batch-size 64,512 2>&1 |
   grep -v Warning | tee "$out/tiny.txt"
 python3 benchmarks/sweep.py --shape llama-1b --device cuda --dtype bfloat16 --pairs 57 \
-  --thoughts 6 --question-tokens 64 --batch-size 912,2736,5472,912 "$@" 2>&1 |
+  --thoughts 6 --question-tokens 64 --batch-size 912,2736,5472 "$@" 2>&1 |
   grep -v Warning | tee "$out/llama-1b.txt"

@@ -14,10 +14,27 @@ python3 -c "import torch; from nnpatch.models.codi import float32_logits as f
 head = torch.nn.Linear(2048, 128256, bias=False, device='cuda', dtype=torch.bfloat16)
 x = torch.randn(64, 3, 2048, device='cuda', dtype=torch.bfloat16)
 ref = torch.nn.functional.linear(x.double(), head.weight.double())
-got = f(head, x).double()
+with torch.no_grad():  # the float32-out matmul has no derivative, so it runs without grad
+    got = f(head, x).double()
 upcast = torch.nn.functional.linear(x.float(), head.weight.float()).double()
 for name, y in (('float32_logits', got), ('float32 upcast', upcast)):
     print(name, 'bfloat16 on CUDA: relative error', ((y - ref).norm() / ref.norm()).item())"
+python3 - <<'PY'  # attribution in bfloat16 on CUDA: gradients through the answer logits
+import sys, torch
+sys.path.insert(0, "benchmarks")
+from sweep import build, tiny_arithmetic
+from nnpatch.attribution import estimate
+from nnpatch.engine import Engine
+from nnpatch.plan import PatchSpec
+model = build("tiny", 6, "cuda", torch.bfloat16)
+pairs = tiny_arithmetic(count=8)
+specs = [PatchSpec(layer, (str(t),)) for layer in range(model.num_layers) for t in range(6)]
+engine = Engine(model, "resid", "denoise", ["logit_diff"])
+answers = engine.answers(pairs)
+base = engine.baselines(pairs, answers, [(s.layer, s.positions[0]) for s in specs], 8)
+values = estimate(engine, pairs, answers, base, specs, 8)
+print("attribution, bfloat16 on CUDA:", tuple(values.shape), "all finite", bool(values.isfinite().all()))
+PY
 python3 benchmarks/sweep.py --shape tiny --device cuda --batch-size 64,512 2>&1 |
   grep -v Warning | tee "$out/tiny.txt"
 python3 benchmarks/sweep.py --shape llama-1b --device cuda --dtype bfloat16 --pairs 57 \

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 from transformers import DynamicCache, PreTrainedModel
 
 from nnpatch.models.families import Family, family_of
@@ -239,13 +240,29 @@ class Thinking:
     next_position: torch.Tensor  # [B, 1]
 
 
+# torch.mm's out_dtype overload (float32 out of half-precision inputs, CUDA) came in torch 2.8
+MM_FLOAT32_OUT = TorchVersion(torch.__version__) >= "2.8"
+
+
+def _float32_out_mm(head: nn.Linear, hidden: torch.Tensor) -> bool:
+    """Whether the head can use mm's float32-out overload: CUDA, half precision, and no
+    gradient wanted (the overload has no derivative; attribution takes the upcast path)."""
+    wants_grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
+    return (
+        MM_FLOAT32_OUT
+        and hidden.is_cuda
+        and hidden.dtype in (torch.bfloat16, torch.float16)
+        and not wants_grad
+    )
+
+
 def float32_logits(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     """`head(hidden)` with a float32 result. On CUDA a half-precision matmul already sums in
     float32, so it returns that sum (`out_dtype`) rather than upcasting the vocab-sized weight
     and running a float32 matmul, which took a quarter of a llama-1b sweep's GPU time. On an
     H100 both land within 2e-6 relative of a float64 product (benchmarks/gpu.sh checks)."""
     bias = None if head.bias is None else head.bias.float()
-    if hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16):
+    if _float32_out_mm(head, hidden):
         flat = torch.mm(
             hidden.reshape(-1, hidden.shape[-1]), head.weight.t(), out_dtype=torch.float32
         )

@@ -6,6 +6,7 @@ models for tests and smoke runs. Their weights are seeded, so every build is ide
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,8 +77,6 @@ TOY_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "toy-codi"
 def toy_codi(folder: str | Path | None = None, num_thoughts: int | None = None) -> ThoughtModel:
     """The embedded trained model (nnpatch/weights/toy-codi), through the CODI loader; it
     thinks as many steps as it was trained with (training.json) unless told otherwise."""
-    import json
-
     from nnpatch.models.release import load_codi
     from nnpatch.recipe import ModelSection
 

@@ -34,6 +34,7 @@ PRONOUN = {"Tom": "he", "Sam": "he", "Leo": "he", "Ben": "he"}
 class Problem:
     question: str
     steps: list[str]  # "<<3+4=7>>" per operation
+    results: tuple[int, ...]  # the value after each operation (the last is the answer)
     answer: int
     start: int
     ops: tuple[tuple[str, int], ...]
@@ -52,14 +53,15 @@ def apply(op: str, value: int, k: int) -> int:
 def render(start: int, ops: tuple[tuple[str, int], ...], name: str, item: str) -> Problem:
     pronoun = PRONOUN.get(name, "she")
     parts = [f"{name} has {start} {item} ."]
-    steps, value = [], start
+    steps, results, value = [], [], start
     for op, k in ops:
         parts.append(PHRASES[op].format(p=pronoun, k=k))
         result = apply(op, value, k)
         steps.append(f"<<{value}{op}{k}={result}>>")
+        results.append(result)
         value = result
     parts.append(f"How many {item} does {pronoun} have ?")
-    return Problem(" ".join(parts), steps, value, start, ops, name, item)
+    return Problem(" ".join(parts), steps, tuple(results), value, start, ops, name, item)
 
 
 OPS = "+-"  # the ops a problem draws from ("*" is supported by render and apply)

@@ -33,7 +33,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from nnpatch.models.base import ThoughtModel, pad_rows
 from nnpatch.models.codi import CodiModel, Projection
 from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
-from nnpatch.pairs.toy import NUM_OPS, Problem, apply, sample
+from nnpatch.pairs.toy import NUM_OPS, Problem, sample
 from nnpatch.toy.evaluate import accuracy, held_out
 
 SHAPE = {
@@ -67,15 +67,6 @@ def build_model(seed: int) -> ThoughtModel:
     return ThoughtModel(module, tokenizer, "toy-codi")
 
 
-def step_results(problem: Problem) -> list[int]:
-    """The value after each operation: what thought k is trained to name."""
-    values, value = [], problem.start
-    for op, k in problem.ops:
-        value = apply(op, value, k)
-        values.append(value)
-    return values
-
-
 def encode_batch(model: ThoughtModel, problems) -> dict[str, torch.Tensor]:
     tok, pad = model.tokenizer, model.module.pad_id
     prefix = model.prefix_ids()
@@ -106,7 +97,7 @@ def encode_batch(model: ThoughtModel, problems) -> dict[str, torch.Tensor]:
         "answers": answers,
         "answer_mask": answer_mask,
         "prefix": torch.tensor(prefix),
-        "results": torch.tensor([step_results(p) for p in problems]),
+        "results": torch.tensor([p.results for p in problems]),  # thought k names result k
         "digits": torch.tensor(tok.convert_tokens_to_ids([str(d) for d in range(10)])),
     }
 

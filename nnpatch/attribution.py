@@ -83,7 +83,10 @@ def _estimate_chunk(engine, pairs, answers, baselines, specs, index) -> torch.Te
             if grad is not None:
                 for copy in range(copies):
                     copy_rows = rows + copy * batch
-                    tokens = encoded.offsets[copy_rows] + cell.token
+                    # past a short span (never kept): clamped inside the sequence
+                    tokens = (encoded.offsets[copy_rows] + cell.token).clamp(
+                        max=encoded.input_ids.shape[1] - 1
+                    )
                     delta = donor[key].to(activation.dtype) - activation[copy_rows, tokens].detach()
                     change += (delta.float() * grad[copy_rows, tokens].float()).sum(-1)
             out[spec_index, :, column] = (value.detach().float() + change).cpu()

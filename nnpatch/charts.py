@@ -14,6 +14,16 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
+
+class Undrawable(Exception):
+    """A chart whose data holds nothing to draw; the message says why, in a few words."""
+
+
+def _require_finite(values: pl.Series, what: str) -> None:
+    if values.is_empty() or not values.cast(pl.Float64).is_finite().any():
+        raise Undrawable(f"no finite {what}")
+
+
 SIGNED = {"logit_diff", "recovery", "logprob_diff"}
 TOOLTIP = [
     alt.Tooltip("cell:N", title="cell"),
@@ -56,6 +66,7 @@ def heatmap(
     summary: pl.DataFrame, metric: str, positions: list[str], title: str | None = None
 ) -> alt.Chart:
     data = _with_labels(summary.filter(pl.col("metric") == metric))
+    _require_finite(data["mean"], f"mean {metric} in any cell")
     layers, wheres = _order(data, positions)
     if metric in SIGNED:
         bound = max(abs(data["mean"].min() or 0), abs(data["mean"].max() or 0), 1e-9)
@@ -77,11 +88,9 @@ def heatmap(
 
 
 def chained_lines(summary: pl.DataFrame, metric: str) -> alt.Chart:
-    data = (
-        _with_labels(summary.filter(pl.col("metric") == metric))
-        .with_columns((pl.col("k_plus_1") - 1).alias("k"))
-        .to_dicts()
-    )
+    frame = _with_labels(summary.filter(pl.col("metric") == metric))
+    _require_finite(frame["mean"], f"mean {metric} at any k")
+    data = frame.with_columns((pl.col("k_plus_1") - 1).alias("k")).to_dicts()
     base = alt.Chart(alt.Data(values=data)).encode(
         x=alt.X("k:O", title="k (thoughts 0..k patched)"),
         color=alt.Color("layer_label:N", title="layer"),
@@ -94,7 +103,9 @@ def chained_lines(summary: pl.DataFrame, metric: str) -> alt.Chart:
 
 
 def layer_bars(summary: pl.DataFrame, metric: str) -> alt.Chart:
-    data = _with_labels(summary.filter(pl.col("metric") == metric)).to_dicts()
+    frame = _with_labels(summary.filter(pl.col("metric") == metric))
+    _require_finite(frame["mean"], f"mean {metric} at any layer")
+    data = frame.to_dicts()
     base = alt.Chart(alt.Data(values=data)).encode(
         x=alt.X("layer_label:N", sort=None, title="layer")
     )
@@ -112,14 +123,19 @@ def top_distributions(
 ) -> alt.Chart:
     best = (
         _with_labels(summary.filter(pl.col("metric") == metric))
+        .filter(pl.col("mean").is_not_null() & pl.col("mean").is_finite())
         .sort(pl.col("mean").abs(), descending=True)
         .head(top)
     )
+    if best.is_empty():
+        raise Undrawable(f"no cell has a finite mean {metric}")
     keep = best.select("layer", "where", "cell")
     rows = results.with_columns(pl.col("positions").list.join(",").alias("where")).join(
         keep, on=["layer", "where"], how="inner", nulls_equal=True
     )
-    data = rows.select(
+    finite = rows.filter(pl.col(metric).is_finite())  # a NaN has no place on the axis
+    left_out = rows.height - finite.height
+    data = finite.select(
         "cell",
         "pair_id",
         pl.col(metric).alias("value"),
@@ -136,15 +152,20 @@ def top_distributions(
             tooltip=["pair_id:N", alt.Tooltip("value:Q", format="+.3f"), "kind:N"],
         )
     )
-    return chart.properties(
-        title=f"per-pair {metric} in the top cells", width=420, height=max(120, 40 * len(best))
-    )
+    title = f"per-pair {metric} in the top cells"
+    if left_out:
+        title += f" ({left_out} non-finite values left out)"
+    return chart.properties(title=title, width=420, height=max(120, 40 * len(best)))
 
 
 def estimate_vs_exact(summary: pl.DataFrame, metric: str) -> alt.Chart:
     """Mean attribution estimate (x) against the mean exact patch (y, 95% CI) per verified
     cell; points on the diagonal are cells the estimate got right."""
-    data = estimate_exact_table(summary, metric)
+    data = estimate_exact_table(summary, metric).filter(
+        pl.col("estimate").is_finite() & pl.col("exact").is_finite()
+    )
+    if data.is_empty():
+        raise Undrawable(f"no verified cell has a finite estimate and exact {metric}")
     base = alt.Chart(alt.Data(values=data.to_dicts()))
     bound = [
         min(data["estimate"].min(), data["exact"].min()),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from contextlib import contextmanager
 
 import click
 
 from nnpatch import __version__
-from nnpatch.errors import NnpatchError
+from nnpatch.errors import NnpatchError, Terminated
 
 SET_OPTION = click.option(
     "--set",
@@ -29,8 +31,27 @@ with --resume, which refuses if the recipe, the model's weights or the pairs cha
 """
 
 
+class OneLineGroup(click.Group):
+    """A usage error is one `Error:` line and exit 2, like every other nnpatch error (click
+    would print the usage and a hint around it)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as err:
+            click.echo(f"Error: {err.format_message()}", err=True)
+            sys.exit(err.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Error: interrupted", err=True)
+            sys.exit(130)
+        if standalone_mode:
+            sys.exit(code if isinstance(code, int) else 0)
+        return code
+
+
 @click.group(
-    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "NNPATCH"}
+    cls=OneLineGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "NNPATCH"},
 )
 @click.version_option(__version__, prog_name="nnpatch")
 def main() -> None:
@@ -38,7 +59,7 @@ def main() -> None:
 
 
 @main.command(help=RUN_HELP)
-@click.argument("recipe", type=click.Path(dir_okay=False), required=False)
+@click.argument("recipe", type=click.Path(), required=False)
 @SET_OPTION
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N pairs.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (run.output).")
@@ -67,9 +88,9 @@ def run(
         raise click.UsageError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
     if remote:
         overrides = (*overrides, "run.remote=true")
-    if resume_dir is not None and (overrides or limit or out):
+    if resume_dir is not None and (overrides or limit is not None or out):
         raise click.UsageError("--resume takes the recipe, overrides and output of the run")
-    with _errors():
+    with _errors(), _stop_signals():
         resume = None
         if resume_dir is not None:
             manifest, recipe, recorded = resume_source(Path(resume_dir))
@@ -85,10 +106,16 @@ def run(
         )
         finished = execute(prep, progress=_progress, resume=resume)
         click.echo(render_summary(prep, finished))
+        if "error" in finished.report:
+            click.echo(
+                f"warning: the report was not written ({finished.report['error']}); the tables "
+                f"are; draw it again with: nnpatch report {finished.path}",
+                err=True,
+            )
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path())
 @SET_OPTION
 def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     """Check a RECIPE without running it or loading weights.
@@ -112,7 +139,7 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", type=click.Path())
 @SET_OPTION
 def inspect(recipe: str, overrides: tuple[str, ...]) -> None:
     """Load a RECIPE's model and describe it: layers, sites, positions, ids, key accounting."""
@@ -135,8 +162,12 @@ def report(run_dir: str) -> None:
     from nnpatch.report import render
 
     with _errors():
-        files = render(run_dir)
-        click.echo(f"{run_dir}: wrote {len(files)} files (report.html, summary.md, charts/)")
+        rendered = render(run_dir)
+        click.echo(
+            f"{run_dir}: wrote {len(rendered.files)} files (report.html, summary.md, charts/)"
+        )
+        for note in rendered.notes:
+            click.echo(f"note: {note}")
 
 
 @main.command()
@@ -194,9 +225,16 @@ def pairs_gsm8k(input_path: str, out_path: str, n: int | None, seed: int) -> Non
 
     Problems where that is ambiguous are skipped; the counts say why.
     """
-    from nnpatch.pairs.gsm8k import describe_counts, make_pairs, read_gsm8k, write_pairs_jsonl
+    from nnpatch.pairs.gsm8k import (
+        check_distinct_paths,
+        describe_counts,
+        make_pairs,
+        read_gsm8k,
+        write_pairs_jsonl,
+    )
 
     with _errors():
+        check_distinct_paths(input_path, out_path)
         records, counts = make_pairs(read_gsm8k(input_path), n=n, seed=seed)
         write_pairs_jsonl(records, out_path)
         click.echo(f"{out_path}: {len(records)} pairs; {describe_counts(counts)}")
@@ -215,8 +253,30 @@ def _progress(total: int):
     return tick
 
 
+@contextmanager
+def _stop_signals():
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does: the folder is marked interrupted."""
+
+    def stop(signum, frame):
+        raise Terminated(signum, signal.Signals(signum).name)
+
+    wanted = [signal.SIGTERM, getattr(signal, "SIGHUP", None)]
+    previous = {}
+    try:
+        for sig in filter(None, wanted):
+            previous[sig] = signal.signal(sig, stop)
+    except ValueError:  # not the main thread: signals stay as they were
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class _errors:
-    """Turn nnpatch errors into one clean line on stderr and exit code 2; Ctrl-C into 130."""
+    """Turn nnpatch errors and refused file operations into one `Error:` line on stderr and
+    exit code 2; Ctrl-C into 130 and stop signals into 128 + the signal's number."""
 
     def __enter__(self) -> None:
         return None
@@ -225,9 +285,18 @@ class _errors:
         if isinstance(err, NnpatchError):
             click.echo(f"Error: {err}", err=True)
             sys.exit(err.exit_code)
+        if isinstance(err, OSError):
+            where = f"{err.filename}: " if err.filename is not None else ""
+            click.echo(f"Error: {where}{err.strerror or type(err).__name__}", err=True)
+            sys.exit(2)
         if isinstance(err, KeyboardInterrupt):
             run_dir = getattr(err, "run_dir", None)
-            hint = f" Continue with: nnpatch run --resume {run_dir}" if run_dir else ""
-            click.echo(f"Interrupted.{hint}", err=True)
-            sys.exit(130)
+            how = f"by {err.name}" if isinstance(err, Terminated) else "by Ctrl-C"
+            then = (
+                f"continue with: nnpatch run --resume {run_dir}"
+                if run_dir
+                else "nothing was written"
+            )
+            click.echo(f"Error: interrupted {how}; {then}", err=True)
+            sys.exit(128 + err.signum if isinstance(err, Terminated) else 130)
         return False

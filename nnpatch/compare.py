@@ -7,7 +7,9 @@ denoise vs noise), unpaired otherwise. `differs` marks CIs that exclude zero.
 
 from __future__ import annotations
 
+import html
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +17,19 @@ import polars as pl
 
 from nnpatch import charts
 from nnpatch.errors import NnpatchError
-from nnpatch.report import BUNDLE, _chart_page, _table, load_run
+from nnpatch.report import BUNDLE, _table, draw_charts, load_run
 from nnpatch.rundir import write_table, write_text
-from nnpatch.stats import RESAMPLES, bootstrap_ci, generator
+from nnpatch.stats import MIN_PAIRS, RESAMPLES, bootstrap_ci, excludes_zero, generator
 
 
 def compare_runs(a: str | Path, b: str | Path, out: str | Path, seed: int = 0) -> pl.DataFrame:
+    out = Path(out)
+    inside = next((p for p in [out, *out.parents] if (p / "manifest.json").is_file()), None)
+    if inside is not None:
+        raise NnpatchError(
+            f"--out {out} is inside the run folder {inside}, which is never edited; "
+            "choose another --out"
+        )
     run_a, run_b = load_run(a), load_run(b)
     metrics = [m for m in run_a.metrics if m in run_b.metrics]
     keyed = [_real_rows(run_a), _real_rows(run_b)]
@@ -49,27 +58,27 @@ def compare_runs(a: str | Path, b: str | Path, out: str | Path, seed: int = 0) -
         for metric in metrics:
             va, vb = (s[metric].to_numpy().astype(float) for s in side)
             key = f"{layer}|{where}|{metric}"
-            low, high = (
-                bootstrap_ci(va - vb, generator(seed, key))
-                if paired
-                else _unpaired_ci(va, vb, seed, key)
-            )
             rows.append(
                 {
                     "layer": layer,
                     "positions": where.split(","),
                     "metric": metric,
-                    "mean_a": float(va.mean()),
-                    "mean_b": float(vb.mean()),
-                    "mean": float(va.mean() - vb.mean()),
-                    "ci95_low": low,
-                    "ci95_high": high,
-                    "n": min(len(va), len(vb)),
-                    "paired": paired,
-                    "differs": bool(low > 0 or high < 0),
+                    **_difference(va, vb, paired, seed, key),
                 }
             )
-    table = pl.DataFrame(rows, schema_overrides={"layer": pl.Int64}, infer_schema_length=None)
+    table = pl.DataFrame(
+        rows,
+        schema_overrides={
+            "layer": pl.Int64,
+            "mean_a": pl.Float64,
+            "mean_b": pl.Float64,
+            "mean": pl.Float64,
+            "ci95_low": pl.Float64,
+            "ci95_high": pl.Float64,
+            "differs": pl.Boolean,
+        },
+        infer_schema_length=None,
+    )
     _write(table, run_a, run_b, Path(out))
     return table
 
@@ -78,6 +87,35 @@ def _real_rows(run) -> pl.DataFrame:
     return run.results.filter(~pl.col("control")).with_columns(
         pl.col("positions").list.join(",").alias("where")
     )
+
+
+def _difference(va: np.ndarray, vb: np.ndarray, paired: bool, seed: int, key: str) -> dict:
+    """mean(A) - mean(B) over finite values, its CI and whether that excludes zero. Paired
+    runs keep the pairs finite on both sides; below MIN_PAIRS there is no CI and no verdict."""
+    if paired:
+        keep = np.isfinite(va) & np.isfinite(vb)
+        va, vb = va[keep], vb[keep]
+    else:
+        va, vb = va[np.isfinite(va)], vb[np.isfinite(vb)]
+    n = min(len(va), len(vb))
+    mean_a = float(va.mean()) if len(va) else None
+    mean_b = float(vb.mean()) if len(vb) else None
+    low = high = None
+    if n >= MIN_PAIRS:
+        if paired:
+            low, high = bootstrap_ci(va - vb, generator(seed, key))
+        else:
+            low, high = _unpaired_ci(va, vb, seed, key)
+    return {
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "mean": None if mean_a is None or mean_b is None else mean_a - mean_b,
+        "ci95_low": low,
+        "ci95_high": high,
+        "n": n,
+        "paired": paired,
+        "differs": excludes_zero(low, high),
+    }
 
 
 def _unpaired_ci(va: np.ndarray, vb: np.ndarray, seed: int, key: str) -> tuple[float, float]:
@@ -102,19 +140,24 @@ def _write(table: pl.DataFrame, run_a, run_b, out: Path) -> None:
     )
     bundle = vlc.javascript_bundle()
     write_text(out / BUNDLE, bundle)
-    specs = {}
-    for metric in table["metric"].unique(maintain_order=True):
-        title = f"{metric}: A - B (* = CI excludes zero)"
-        spec = charts.heatmap(as_summary, metric, run_a.positions, title).to_dict()
-        specs[metric] = spec
-        write_text(out / f"diff_{metric}.html", _chart_page(metric, spec))
-        (out / f"diff_{metric}.png").write_bytes(vlc.vegalite_to_png(spec, scale=2))
+    makers = {
+        f"diff_{metric}": partial(
+            charts.heatmap,
+            as_summary,
+            metric,
+            run_a.positions,
+            f"{metric}: A - B (* = CI excludes zero)",
+        )
+        for metric in table["metric"].unique(maintain_order=True)
+    }
+    specs, notes, _ = draw_charts(out, makers)
     header = ["metric", "cells", "cells that differ"]
     counts = [
         [m, str(g.height), str(int(g["differs"].sum()))]
         for (m,), g in table.group_by("metric", maintain_order=True)
     ]
     divs = "".join(f'<div id="c{i}"></div>' for i in range(len(specs)))
+    divs += "".join(f"<p>{html.escape(note)}</p>" for note in notes)
     embeds = "".join(
         f"vegaEmbed('#c{i}', {json.dumps(s)}, {{actions: false}});"
         for i, s in enumerate(specs.values())

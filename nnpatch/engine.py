@@ -77,6 +77,14 @@ class Engine:
     def answers(self, pairs: list[Pair]) -> PairAnswers:
         clean, corrupt, diff = [], [], []
         for pair in pairs:
+            if self.model.question_ids(pair.clean_question) == self.model.question_ids(
+                pair.corrupted_question
+            ):
+                raise PairsError(
+                    f"pair {pair.id!r}: the clean and corrupted questions reach {self.model.name} "
+                    "as the same tokens (they differ only in what its question preparation "
+                    "removes, such as whitespace); change a number"
+                )
             a = self.model.answer_ids(pair.clean_answer)
             b = self.model.answer_ids(pair.corrupted_answer)
             index = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
@@ -299,6 +307,7 @@ class Engine:
         device = self.model.device
         copies = self.model.row_copies
         batch = encoded.offsets.shape[0] // copies
+        width = encoded.input_ids.shape[1]
         by_call: dict[int, list[Op]] = defaultdict(list)
         located = {key: self.model.cell(self.site, *key) for key in cells}
         for key in sorted(cells, key=lambda k: _visit_order(k, located[k])):
@@ -307,7 +316,9 @@ class Engine:
             if values is not None and copies > 1:
                 rows_t = torch.cat([rows_t + copy * batch for copy in range(copies)])
                 values = values.repeat(copies, 1)
-            tokens = encoded.offsets[rows_t] + cell.token
+            # a plain-LM span position past a short pair's span is read (never written or
+            # used) at the last token, so every index stays inside the sequence
+            tokens = (encoded.offsets[rows_t] + cell.token).clamp(max=width - 1)
             by_call[cell.call].append(Op(key, cell.path, cell.tuple_output, rows_t, tokens, values))
         return by_call
 

@@ -35,3 +35,23 @@ class RunFolderError(NnpatchError):
 
 class BaselineError(NnpatchError):
     """An unpatched run gives non-finite scores: nothing patched against it would mean anything."""
+
+
+class FolderError(NnpatchError):
+    """The machine refused a file operation (a full disk, a read-only folder): names the file,
+    the reason and what to do."""
+
+    @classmethod
+    def from_os(cls, err: OSError, then: str = "") -> FolderError:
+        where = err.filename if err.filename is not None else "a file"
+        reason = err.strerror or type(err).__name__
+        return cls(f"{where}: {reason}" + (f"; {then}" if then else ""))
+
+
+class Terminated(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP) taken like Ctrl-C: the run is marked interrupted."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(name)
+        self.signum = signum
+        self.name = name

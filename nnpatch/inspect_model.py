@@ -44,7 +44,7 @@ def describe(recipe: Recipe, source: str | Path) -> str:
             f"thoughts: {model.num_thoughts}; positions: {', '.join(model.position_labels())}",
             f"sites: {', '.join(SITES)} (thought = the projection's output, no layers)",
             f"ids: bot {module.bot_id}, eot {module.eot_id}, pad {module.pad_id}, "
-            f"eos {model.eos_id}; text vocabulary {module.text_vocab}",
+            f"eos {model.eos_id}; never decoded: {', '.join(map(str, module.marker_ids))}",
         ]
     else:
         lines += [

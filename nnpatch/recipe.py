@@ -7,6 +7,7 @@ position ranges) happen in `nnpatch.plan`, before any run folder is made.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -23,8 +25,13 @@ from pydantic import (
 from nnpatch.errors import RecipeError
 from nnpatch.metrics import METRICS
 
-Position = int | Literal["bot", "eot"]
+# strict scalars: `num_thoughts = true` or `batch_size = 2.0` is an error, not 1 or 2
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+Position = Int | Literal["bot", "eot"]
 Positions = Literal["all"] | list[Annotated[Position, Field(union_mode="left_to_right")]]
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 class Strict(BaseModel):
@@ -37,13 +44,22 @@ class ModelSection(Strict):
     checkpoint: str | None = None
     base: str | None = None
     revision: str | None = None
-    num_thoughts: int | None = Field(default=None, ge=1, le=64)
-    prj_dim: int | None = Field(default=None, ge=1)
-    lora_r: int | None = Field(default=None, ge=1)
-    lora_alpha: float = Field(default=32, gt=0)
+    num_thoughts: Int | None = Field(default=None, ge=1, le=64)
+    prj_dim: Int | None = Field(default=None, ge=1)
+    lora_r: Int | None = Field(default=None, ge=1)
+    lora_alpha: Float = Field(default=32, gt=0)
     answer_prefix: str | None = None  # causal_lm: text before the answer (default "The answer is:")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _runnable_device(cls, device: str) -> str:
+        if not DEVICE.fullmatch(device):
+            raise ValueError(
+                f"{device!r} is not a device nnpatch runs on; use 'cpu', 'cuda' or 'cuda:N'"
+            )
+        return device
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
@@ -52,19 +68,32 @@ class ModelSection(Strict):
         return self
 
 
+# model fields that mean something only for some kinds; elsewhere they would be ignored
+KIND_FIELDS = {
+    "revision": ("codi", "coconut", "causal_lm"),
+    "checkpoint": ("codi", "coconut", "causal_lm"),
+    "base": ("codi", "coconut", "causal_lm"),
+    "prj_dim": ("codi",),
+    "lora_r": ("codi",),
+    "lora_alpha": ("codi",),
+    "num_thoughts": ("codi", "coconut", "preset"),
+    "answer_prefix": ("causal_lm", "preset"),
+}
+
+
 class DataSection(Strict):
     pairs: str = Field(min_length=1)  # a JSONL file, a built-in set, or a generator ("gsm8k")
     source: str | None = None  # the generator's input file (gsm8k: a GSM8K JSONL file)
-    seed: int = 0  # the generator's seed
+    seed: Int = 0  # the generator's seed
     span_markers: tuple[str, str] = ("[[", "]]")  # causal_lm: the patched span in each prompt
-    limit: int | None = Field(default=None, ge=1)
+    limit: Int | None = Field(default=None, ge=1)
     # both-correct: keep pairs the model answers right on both sides (greedy, real loop)
     filter: Literal["none", "both-correct"] = "none"
 
 
 class PatchCommon(Strict):
     site: Literal["resid", "attn", "mlp", "thought"] = "resid"
-    layers: Literal["all"] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = (
+    layers: Literal["all"] | Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)] = (
         "all"
     )
     positions: Positions = "all"
@@ -99,9 +128,18 @@ class SetsPatch(PatchCommon):
 
     @field_validator("sets")
     @classmethod
-    def _nonempty_sets(cls, sets: list[list[Position]]) -> list[list[Position]]:
+    def _distinct_nonempty_sets(cls, sets: list[list[Position]]) -> list[list[Position]]:
         if any(len(s) == 0 for s in sets):
             raise ValueError("every set needs at least one position")
+        seen: dict[frozenset, int] = {}
+        for index, group in enumerate(sets):
+            key = frozenset(map(str, group))
+            if key in seen:
+                raise ValueError(
+                    f"sets {seen[key]} and {index} are the same set of positions; list each "
+                    "set once (a repeated set would count its pairs twice)"
+                )
+            seen[key] = index
         return sets
 
 
@@ -110,7 +148,8 @@ class AttributionPatch(PatchCommon):
     `verify_top` cells with the largest estimated effect patched exactly."""
 
     mode: Literal["attribution"]
-    verify_top: int = Field(default=10, ge=0)
+    verify_top: Int = Field(default=10, ge=0)
+    control: Literal["none"] = "none"  # estimates have no random-donor control
 
 
 MODES = ("single", "layer", "chained", "sets", "attribution")
@@ -131,15 +170,18 @@ class MetricsSection(Strict):
                 close = difflib.get_close_matches(name, list(METRICS), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(f"unknown metric {name!r}{hint}; known: {', '.join(METRICS)}")
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice is not None:
+            raise ValueError(f"metric {twice!r} is listed twice; list each once")
         return names
 
 
 class RunSection(Strict):
-    batch_size: int = Field(default=64, ge=1, le=65536)
-    output: str = "outputs"
-    seed: int = 0
+    batch_size: Int = Field(default=64, ge=1, le=65536)
+    output: str = Field(default="outputs", min_length=1)
+    seed: Int = 0
     # true: every traced forward runs on NDIF; "local": serialised as for NDIF, run here
-    remote: bool | Literal["local"] = False
+    remote: Bool | Literal["local"] = False
 
 
 class Recipe(Strict):
@@ -153,27 +195,38 @@ class Recipe(Strict):
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read, override and validate a recipe; every problem is a one-line `RecipeError`."""
+    return read_recipe(path, overrides)[0]
+
+
+def read_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, bytes]:
+    """The validated recipe and the file's bytes as read (a run folder keeps them verbatim)."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(path, "(file)", "no such recipe file", "check the path")
+    if path.is_dir():
+        raise RecipeError(path, "(file)", "is a folder, not a recipe file", "give a .toml file")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(path, "(file)", "no such recipe file", "check the path") from None
+    except OSError as err:
+        raise RecipeError(path, "(file)", f"cannot read it ({err.strerror})") from None
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise RecipeError(path, "(file)", "not UTF-8 text", "save the recipe as UTF-8") from None
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(path, "(toml)", f"malformed TOML: {err}", "fix the syntax") from None
     for item in overrides:
         apply_override(raw, item, path)
-    return validate_recipe(raw, path)
+    return validate_recipe(raw, path), data
 
 
 def validate_recipe(raw: dict[str, Any], path: str | Path = "<recipe>") -> Recipe:
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
         field = _dotted(first["loc"]) or "(top)"
-        problem = first["msg"]
+        problem = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             problem = "unknown key"
             fix = "remove it or check its spelling against the README's recipe reference"
@@ -182,6 +235,25 @@ def validate_recipe(raw: dict[str, Any], path: str | Path = "<recipe>") -> Recip
         else:
             fix = f"got {first.get('input')!r}"
         raise RecipeError(path, field, problem, fix) from None
+    _check_applicable(recipe, path)
+    return recipe
+
+
+def _check_applicable(recipe: Recipe, path: str | Path) -> None:
+    """A field that would be ignored for this model kind is an error, not silence."""
+    section = recipe.model
+    kind = section.kind or ("preset" if section.preset is not None else None)
+    for name in sorted(section.model_fields_set & set(KIND_FIELDS)):
+        if kind is not None and kind not in KIND_FIELDS[name]:
+            where = f"preset {section.preset!r}" if kind == "preset" else f"kind {kind!r}"
+            kinds = ", ".join(repr(k) for k in KIND_FIELDS[name] if k != "preset")
+            extra = " and presets" if "preset" in KIND_FIELDS[name] else ""
+            raise RecipeError(
+                path,
+                f"model.{name}",
+                f"does not apply to {where} (only to kind {kinds}{extra})",
+                "remove it",
+            )
 
 
 def _dotted(loc: tuple) -> str:
@@ -193,7 +265,7 @@ def _dotted(loc: tuple) -> str:
     parts = [str(p) for p in loc]
     if len(parts) > 1 and parts[0] == "patch" and parts[1] in MODES:
         del parts[1]
-    return ".".join(p for p in parts if "[" not in p and p not in ("int", "str"))
+    return ".".join(p for p in parts if "[" not in p and p not in ("int", "str", "bool", "float"))
 
 
 def apply_override(raw: dict[str, Any], item: str, path: str | Path) -> None:

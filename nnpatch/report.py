@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import polars as pl
 
 from nnpatch import charts
-from nnpatch.errors import NnpatchError
+from nnpatch.errors import RunFolderError
+from nnpatch.manifest import not_finished, read_manifest, require
 from nnpatch.results import cell_label, lead_metric, top_cells
-from nnpatch.rundir import write_text
+from nnpatch.rundir import write_bytes, write_text
 
 TOP = 10
 BUNDLE = "vega-bundle.js"  # Vega, Vega-Lite and vega-embed, so charts render offline
@@ -48,63 +51,94 @@ class Run:
 
 
 def load_run(path: str | Path, manifest: dict | None = None) -> Run:
-    """Open a finished run folder (`manifest`: use this one instead of the stored one)."""
+    """Open a finished run folder (`manifest`: use this one instead of the stored one). A
+    folder that is mid-run, stopped, failed or damaged is one line saying so."""
     path = Path(path)
+    if manifest is None:
+        manifest = read_manifest(path)
+        require(manifest, path, {"status": str})
+        if manifest["status"] != "finished":
+            raise RunFolderError(not_finished(path, manifest) + " before reporting it")
+    require(manifest, path, {"model": dict, "pairs": dict, "versions": dict})
     try:
-        manifest = manifest or json.loads((path / "manifest.json").read_text())
-        return Run(
-            path,
-            pl.read_parquet(path / "results.parquet"),
-            pl.read_parquet(path / "baselines.parquet"),
-            pl.read_parquet(path / "summary.parquet"),
-            manifest,
-            json.loads((path / "resolved.json").read_text()),
-            (path / "recipe.toml").read_text(encoding="utf-8"),
-        )
+        resolved = json.loads((path / "resolved.json").read_text(encoding="utf-8"))
+        tables = [
+            pl.read_parquet(path / f"{name}.parquet")
+            for name in ("results", "baselines", "summary")
+        ]
+        recipe_text = (path / "recipe.toml").read_text(encoding="utf-8")
     except FileNotFoundError as err:
-        raise NnpatchError(
+        raise RunFolderError(
             f"{path}: not a finished run folder ({Path(err.filename).name} is missing)"
         ) from None
+    except (OSError, ValueError, pl.exceptions.PolarsError) as err:
+        raise RunFolderError(
+            f"{path}: a file of the run is unreadable ({_first_line(err)}); the folder is damaged"
+        ) from None
+    if not isinstance(resolved, dict) or not {"name", "patch", "metrics", "resolved"} <= set(
+        resolved
+    ):
+        raise RunFolderError(f"{path}/resolved.json: not the resolved recipe nnpatch writes")
+    return Run(path, *tables, manifest, resolved, recipe_text)
 
 
-def run_charts(run: Run) -> dict[str, object]:
-    """Every chart of the run, by file stem."""
-    out: dict[str, object] = {}
+ChartMaker = Callable[[], object]  # builds one altair chart; may raise charts.Undrawable
+
+
+def run_charts(run: Run) -> dict[str, ChartMaker]:
+    """Every chart of the run, by file stem, as makers: each is built (and may fail) alone."""
+    out: dict[str, ChartMaker] = {}
     mode = run.resolved["patch"]["mode"]
     lead = run.lead_metric
+    summary, results = run.summary, run.results
     if mode == "chained":
-        out[f"chained_{lead}"] = charts.chained_lines(run.summary, lead)
+        out[f"chained_{lead}"] = partial(charts.chained_lines, summary, lead)
     if mode == "layer":
-        out[f"layer_{lead}"] = charts.layer_bars(run.summary, lead)
+        out[f"layer_{lead}"] = partial(charts.layer_bars, summary, lead)
     if mode == "attribution":
         return out | _attribution_charts(run)
     for metric in run.metrics:
-        out[f"heatmap_{metric}"] = charts.heatmap(run.summary, metric, run.positions)
-    out[f"top_{lead}"] = charts.top_distributions(run.results, run.summary, lead)
+        out[f"heatmap_{metric}"] = partial(charts.heatmap, summary, metric, run.positions)
+    out[f"top_{lead}"] = partial(charts.top_distributions, results, summary, lead)
     return out
 
 
-def _attribution_charts(run: Run) -> dict[str, object]:
+def _attribution_charts(run: Run) -> dict[str, ChartMaker]:
     """Heatmaps of the estimates; estimate against exact, and the exact cells' per-pair values."""
-    out: dict[str, object] = {}
+    out: dict[str, ChartMaker] = {}
     estimated = run.summary.filter(pl.col("mode") == "attribution")
     exact = run.summary.filter(pl.col("mode") == "single")
     for metric in run.metrics:
         if estimated.filter(pl.col("metric") == metric)["mean"].is_nan().all():
             continue  # no first-order estimate for this metric
         title = f"{metric}: attribution estimate, mean over pairs"
-        out[f"heatmap_{metric}"] = charts.heatmap(estimated, metric, run.positions, title)
+        out[f"heatmap_{metric}"] = partial(charts.heatmap, estimated, metric, run.positions, title)
         if exact.height:
-            out[f"estimate_vs_exact_{metric}"] = charts.estimate_vs_exact(run.summary, metric)
+            out[f"estimate_vs_exact_{metric}"] = partial(
+                charts.estimate_vs_exact, run.summary, metric
+            )
     if exact.height:
         results = run.results.filter(pl.col("mode") == "single")
-        lead = run.lead_metric
-        out[f"top_{lead}"] = charts.top_distributions(results, exact, lead)
+        out[f"top_{run.lead_metric}"] = partial(
+            charts.top_distributions, results, exact, run.lead_metric
+        )
     return out
 
 
-def render(path: str | Path, manifest: dict | None = None) -> list[Path]:
-    """Write charts/*.html and *.png, report.html and summary.md into the run folder."""
+@dataclass
+class Rendered:
+    """What `render` wrote, and one note per chart it could not draw (saying why)."""
+
+    files: list[Path]
+    notes: list[str]
+
+
+def render(path: str | Path, manifest: dict | None = None) -> Rendered:
+    """Write charts/*.html and *.png, report.html and summary.md into the run folder.
+
+    A chart that cannot be drawn (no finite value to show, or the renderer refuses it) is
+    left out, with a one-line note in its place; it never stops the report. Faults of the
+    folder itself (a full disk) do."""
     import vl_convert as vlc
 
     run = load_run(path, manifest)
@@ -112,19 +146,41 @@ def render(path: str | Path, manifest: dict | None = None) -> list[Path]:
     folder.mkdir(exist_ok=True)
     bundle = vlc.javascript_bundle()
     write_text(folder / BUNDLE, bundle)  # one copy, shared by the chart pages beside it
-    written, specs = [folder / BUNDLE], {}
-    for stem, chart in run_charts(run).items():
-        spec = chart.to_dict()
+    specs, notes, written = draw_charts(folder, run_charts(run))
+    write_text(run.path / "report.html", _page(run, specs, bundle, notes))
+    write_text(run.path / "summary.md", _markdown(run, notes))
+    files = [folder / BUNDLE, *written, run.path / "report.html", run.path / "summary.md"]
+    return Rendered(files, notes)
+
+
+def draw_charts(
+    folder: Path, makers: dict[str, ChartMaker]
+) -> tuple[dict[str, dict], list[str], list[Path]]:
+    """Each chart as `<stem>.html` (beside the Vega bundle) and `<stem>.png`: the specs
+    drawn, a note for each chart that could not be, and the files written."""
+    import vl_convert as vlc
+
+    specs, notes, written = {}, [], []
+    for stem, make in makers.items():
+        try:
+            spec = make().to_dict()
+            png = vlc.vegalite_to_png(spec, scale=2)
+        except charts.Undrawable as err:
+            notes.append(f"{stem}: not drawn ({err})")
+            continue
+        except (ValueError, TypeError, RuntimeError) as err:  # altair or vl-convert refused it
+            notes.append(f"{stem}: not drawn ({_first_line(err)})")
+            continue
         specs[stem] = spec
         write_text(folder / f"{stem}.html", _chart_page(stem, spec))
-        png = folder / f"{stem}.png"
-        tmp = png.with_name(f".{png.name}.tmp")
-        tmp.write_bytes(vlc.vegalite_to_png(spec, scale=2))
-        tmp.replace(png)
-        written += [folder / f"{stem}.html", png]
-    write_text(run.path / "report.html", _page(run, specs, bundle))
-    write_text(run.path / "summary.md", _markdown(run))
-    return [*written, run.path / "report.html", run.path / "summary.md"]
+        write_bytes(folder / f"{stem}.png", png)
+        written += [folder / f"{stem}.html", folder / f"{stem}.png"]
+    return specs, notes, written
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:160]}" if text else type(err).__name__
 
 
 def _top(run: Run) -> pl.DataFrame:
@@ -140,11 +196,16 @@ def _top_rows(run: Run) -> list[list[str]]:
     for row in _top(run).iter_rows(named=True):
         control = "" if row["control_mean"] is None else _fmt(row["control_mean"])
         beats = {True: "yes", False: "no", None: ""}[row["differs_from_control"]]
+        ci = (
+            ""
+            if row["ci95_low"] is None
+            else f"[{_fmt(row['ci95_low'])}, {_fmt(row['ci95_high'])}]"
+        )
         rows.append(
             [
                 cell_label(row),
                 _fmt(row["mean"]),
-                f"[{_fmt(row['ci95_low'])}, {_fmt(row['ci95_high'])}]",
+                ci,
                 str(row["n"]),
                 control,
                 beats,
@@ -198,14 +259,16 @@ def _facts(run: Run) -> list[tuple[str, str]]:
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow:auto}
-.chart{margin:1.5em 0}dt{font-weight:bold;float:left;width:12em}dd{margin-left:13em}"""
+.chart{margin:1.5em 0}.note{color:#a40}dt{font-weight:bold;float:left;width:12em}
+dd{margin-left:13em}"""
 
 
-def _page(run: Run, specs: dict[str, dict], bundle: str) -> str:
+def _page(run: Run, specs: dict[str, dict], bundle: str, notes: list[str]) -> str:
     """One self-contained page: the Vega bundle inline, no network needed to render."""
     title = html.escape(f"nnpatch: {run.resolved['name']} ({run.path.name})")
     facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _facts(run))
     divs = "".join(f'<div class="chart" id="chart-{i}"></div>' for i in range(len(specs)))
+    divs += "".join(f'<p class="note">{html.escape(note)}</p>' for note in notes)
     embeds = "".join(
         f"vegaEmbed('#chart-{i}', {json.dumps(spec)}, {{actions: false}});"
         for i, spec in enumerate(specs.values())
@@ -235,7 +298,7 @@ def _chart_page(stem: str, spec: dict) -> str:
     )
 
 
-def _markdown(run: Run) -> str:
+def _markdown(run: Run, notes: list[str]) -> str:
     lines = [f"# {run.resolved['name']} ({run.path.name})", ""]
     lines += [f"- **{k}**: {v}" for k, v in _facts(run)]
     lines += [
@@ -256,6 +319,8 @@ def _markdown(run: Run) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in _top_rows(run)]
     if run.resolved["patch"]["mode"] == "attribution":
         lines += _estimate_lines(run)
+    if notes:
+        lines += ["", "## Charts not drawn", "", *[f"- {note}" for note in notes]]
     return "\n".join(lines) + "\n"
 
 
@@ -269,7 +334,7 @@ def _estimate_lines(run: Run) -> list[str]:
         "|---|---|---|---|",
     ]
     return lines + [
-        f"| {r['cell']} | {r['estimate']:+.3f} | {r['exact']:+.3f} | "
-        f"[{r['ci95_low']:+.3f}, {r['ci95_high']:+.3f}] |"
+        f"| {r['cell']} | {_fmt(r['estimate'])} | {_fmt(r['exact'])} | "
+        f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}] |"
         for r in table.iter_rows(named=True)
     ]

@@ -32,10 +32,26 @@ def render_summary(prep, finished) -> str:
         f"{recipe.patch.direction}):"
     )
     for row in top.iter_rows(named=True):
-        ci = f"95% CI [{row['ci95_low']:+.3f}, {row['ci95_high']:+.3f}]"
-        control = ""
-        if row["control_mean"] is not None:
-            mark = "differs from control" if row["differs_from_control"] else "within control"
-            control = f"  control {row['control_mean']:+.3f} ({mark})"
-        lines.append(f"  {cell_label(row):<16} {row['mean']:+.3f}  {ci}  n={row['n']}{control}")
+        lines.append(f"  {cell_label(row):<16} {_cell_line(row)}")
+    lines += [f"note: {note}" for note in prep.notes]
+    lines += [f"note: {note}" for note in finished.report.get("charts_not_drawn", [])]
     return "\n".join(lines)
+
+
+VERDICT = {True: "differs from control", False: "within control", None: "no verdict"}
+
+
+def _cell_line(row: dict) -> str:
+    """mean, CI, n and the control for one summary row; what the data cannot carry is
+    said, not printed as a number."""
+    if row["mean"] is None:
+        return f"no finite value (n={row['n']})"
+    ci = (
+        "no CI (fewer than 2 pairs)"
+        if row["ci95_low"] is None
+        else f"95% CI [{row['ci95_low']:+.3f}, {row['ci95_high']:+.3f}]"
+    )
+    control = ""
+    if row["control_mean"] is not None:
+        control = f"  control {row['control_mean']:+.3f} ({VERDICT[row['differs_from_control']]})"
+    return f"{row['mean']:+.3f}  {ci}  n={row['n']}{control}"

@@ -21,23 +21,34 @@ def results_table(
     site: str,
     direction: str,
     estimate: bool = False,
+    tokens: list[dict[str, tuple[int, str]]] | None = None,
 ) -> pl.DataFrame:
-    """One row per (pair, patch): cell columns, the donor, one column per metric,
-    `nonfinite` (some metric of the row is NaN or inf) and `estimate` (attribution estimates
-    rather than patched values).
+    """One row per (pair, patch): cell columns, the patched tokens, the donor, one column per
+    metric, `nonfinite` (some metric of the row is NaN or inf) and `estimate` (attribution
+    estimates rather than patched values).
 
     `control` rows patch the same cells from another pair's run (the noise floor).
+    `tokens` gives, per pair, each position's absolute index in the receiver's sequence and
+    its token's text: `token_indices` and `tokens` per row, aligned with `positions`, and
+    `token_index` / `token` for one-position rows.
     """
+    where = [
+        [tokens[p][label] if tokens else (None, None) for label in spec.positions]
+        for spec, p, _ in rows
+    ]
+    single = mode in ("single", "attribution")
     columns = {
         "pair_id": [pairs[p].id for _, p, _ in rows],
         "mode": [mode] * len(rows),
         "site": [site] * len(rows),
         "direction": [direction] * len(rows),
         "layer": [spec.layer for spec, _, _ in rows],
-        "position": [
-            spec.positions[0] if mode in ("single", "attribution") else None for spec, _, _ in rows
-        ],
+        "position": [spec.positions[0] if single else None for spec, _, _ in rows],
         "positions": [list(spec.positions) for spec, _, _ in rows],
+        "token_index": [cells[0][0] if single else None for cells in where],
+        "token": [cells[0][1] if single else None for cells in where],
+        "token_indices": [[index for index, _ in cells] for cells in where],
+        "tokens": [[text for _, text in cells] for cells in where],
         "control": [p != d for _, p, d in rows],
         "donor_id": [pairs[d].id for _, _, d in rows],
     }
@@ -49,6 +60,10 @@ def results_table(
         "layer": pl.Int64,
         "position": pl.String,
         "positions": pl.List(pl.String),
+        "token_index": pl.Int64,
+        "token": pl.String,
+        "token_indices": pl.List(pl.Int64),
+        "tokens": pl.List(pl.String),
         "control": pl.Boolean,
         "donor_id": pl.String,
     }
@@ -82,7 +97,9 @@ def baselines_table(
     for j, name in enumerate(names):
         table[f"clean_{name}"] = clean[:, j].double().tolist()
         table[f"corrupted_{name}"] = corrupt[:, j].double().tolist()
-    return pl.DataFrame(table)
+    return pl.DataFrame(
+        table, schema_overrides={"span_tokens": pl.Int64} if "span_tokens" in table else None
+    )
 
 
 def summarize(results: pl.DataFrame, names: list[str], seed: int = 0) -> pl.DataFrame:

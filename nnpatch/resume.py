@@ -7,12 +7,10 @@ computed under different conditions.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 from pathlib import Path
 
 from nnpatch.errors import RunFolderError
+from nnpatch.manifest import alive, read_manifest, require
 
 WHAT_CHANGED = {
     "recipe": "the recipe (or an override) changed",
@@ -21,22 +19,11 @@ WHAT_CHANGED = {
 }
 
 
-def read_manifest(run_dir: Path) -> dict:
-    path = run_dir / "manifest.json"
-    if not path.is_file():
-        raise RunFolderError(
-            f"{run_dir}: not a run folder (no manifest.json); pass a folder nnpatch run wrote"
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunFolderError(f"{path}: unreadable manifest ({err}); start a new run") from None
-
-
 def resume_source(run_dir: Path) -> tuple[dict, str, list[str]]:
     """The manifest, and the recipe file and overrides the run started with."""
     manifest = read_manifest(run_dir)
-    status = manifest.get("status")
+    require(manifest, run_dir, {"status": str})
+    status = manifest["status"]
     if status == "finished":
         raise RunFolderError(f"{run_dir}: this run already finished; there is nothing to resume")
     if "fingerprint" not in manifest:
@@ -44,7 +31,21 @@ def resume_source(run_dir: Path) -> tuple[dict, str, list[str]]:
             f"{run_dir}/manifest.json: no fingerprint (written by an older nnpatch); "
             "start a new run"
         )
-    if status == "running" and _alive(manifest):
+    require(manifest, run_dir, {"fingerprint": dict, "recipe_file": str})
+    fingerprint = manifest["fingerprint"]
+    missing = [key for key in WHAT_CHANGED if not isinstance(fingerprint.get(key), str)]
+    if missing:
+        raise RunFolderError(
+            f"{run_dir}/manifest.json: fingerprint.{missing[0]} is missing; the folder is "
+            "damaged: start a new run"
+        )
+    overrides = manifest.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise RunFolderError(
+            f"{run_dir}/manifest.json: field 'overrides' is not a list of text; the folder is "
+            "damaged: start a new run"
+        )
+    if status == "running" and alive(manifest):
         raise RunFolderError(
             f"{run_dir}: still running as process {manifest['pid']}; stop it before resuming"
         )
@@ -54,7 +55,7 @@ def resume_source(run_dir: Path) -> tuple[dict, str, list[str]]:
             f"{run_dir}/manifest.json: recipe_file {recipe_file} is gone; put the recipe back "
             "there to resume"
         )
-    return manifest, recipe_file, list(manifest.get("overrides", []))
+    return manifest, recipe_file, list(overrides)
 
 
 def check_unchanged(run_dir: Path, recorded: dict, now: dict) -> None:
@@ -64,18 +65,3 @@ def check_unchanged(run_dir: Path, recorded: dict, now: dict) -> None:
                 f"{run_dir}/manifest.json: fingerprint.{key}: {reason} since this run started; "
                 "start a new run instead of resuming"
             )
-
-
-def _alive(manifest: dict) -> bool:
-    """Whether the process that wrote `running` is still alive on this machine."""
-    pid = manifest.get("pid")
-    if not isinstance(pid, int) or manifest.get("host") != platform.node() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    return not cmdline.exists() or b"nnpatch" in cmdline.read_bytes()

@@ -27,22 +27,49 @@ def new_run_dir(output: Path, name: str) -> Path:
 
 def write_text(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so readers never see half a file."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _atomic(path: Path, write) -> None:
+    """`write(tmp)`, then rename over `path`; a failed write leaves no temporary behind."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def write_manifest(path: Path, data: dict) -> None:
+    """The manifest, atomically; when the disk is too full for a new file, over the old one in
+    place (it fits in the blocks the old one holds), so a failing run can still say so."""
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    try:
+        write_text(path, text)
+    except OSError:
+        if not path.is_file():
+            raise
+        with open(path, "r+", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.truncate()
+
+
 def write_table(path: Path, frame: pl.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix == ".csv":
-        frame.with_columns(pl.col(pl.List(pl.String)).list.join(",")).write_csv(tmp)
+        flat = frame.with_columns(pl.col(pl.List(pl.String)).list.join(","))
+        flat = flat.with_columns(pl.col(pl.List(pl.Int64)).cast(pl.List(pl.String)).list.join(","))
+        _atomic(path, flat.write_csv)
     else:
-        frame.write_parquet(tmp)
-    os.replace(tmp, path)
+        _atomic(path, frame.write_parquet)
 
 
 def now() -> str:

@@ -6,10 +6,13 @@ anything is written; `execute` runs the sweep and writes the folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,13 +25,13 @@ import nnpatch
 from nnpatch import rundir
 from nnpatch.attribution import estimate, verify_cells
 from nnpatch.engine import Engine, PairAnswers
-from nnpatch.errors import BaselineError, ModelError, PairsError, RecipeError
+from nnpatch.errors import BaselineError, FolderError, ModelError, PairsError, RecipeError
 from nnpatch.fingerprint import fingerprint
 from nnpatch.models import ModelShape, ThoughtModel, build_model, model_shape
-from nnpatch.models.base import last_number
+from nnpatch.models.base import answer_is
 from nnpatch.pairs import Pair, load_pair_set
 from nnpatch.plan import PatchSpec, build_plan, by_first_position
-from nnpatch.recipe import Recipe, load_recipe
+from nnpatch.recipe import Recipe, read_recipe
 from nnpatch.remote import check_remote
 from nnpatch.report import render as render_report
 from nnpatch.results import baselines_table, results_table, summarize
@@ -40,6 +43,7 @@ from nnpatch.shards import ShardStore
 class Prepared:
     recipe: Recipe
     source: Path
+    recipe_bytes: bytes  # the recipe file as read: the run folder keeps it verbatim
     overrides: list[str]
     model: ThoughtModel
     pairs: list[Pair]
@@ -47,6 +51,7 @@ class Prepared:
     plan: list[PatchSpec]
     engine: Engine
     answers: PairAnswers
+    notes: list[str] = field(default_factory=list)  # said on screen and in the manifest
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Finished:
     baselines: pl.DataFrame
     summary: pl.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
+    report: dict = field(default_factory=dict)  # charts not drawn, or why no report
 
 
 def prepare(
@@ -71,7 +77,7 @@ def prepare(
         overrides.append(f"data.limit={limit}")
     if output is not None:
         overrides.append(f"run.output={json.dumps(str(output))}")
-    recipe, pairs, counts = _recipe_and_pairs(source, overrides)
+    recipe, data, pairs, counts = _recipe_and_pairs(source, overrides)
     _check_output(Path(recipe.run.output), source)
     check_remote(recipe, source)
     torch.manual_seed(recipe.run.seed)
@@ -93,9 +99,18 @@ def prepare(
             remote=recipe.run.remote,
         )
         answers = engine.answers(pairs)
+        check_context(model, pairs, answers)
     except PairsError as err:
         raise RecipeError(source, "data.pairs", str(err)) from None
-    return Prepared(recipe, source, overrides, model, pairs, counts, plan, engine, answers)
+    notes = _span_notes(model, pairs, plan)
+    if recipe.patch.control == "random-donor" and len(pairs) < 2:
+        notes.append(
+            f"control: not made: the random-donor control needs at least 2 pairs and this run "
+            f"has {len(pairs)}; no cell is compared with a noise floor"
+        )
+    return Prepared(
+        recipe, source, data, overrides, model, pairs, counts, plan, engine, answers, notes
+    )
 
 
 @dataclass
@@ -112,7 +127,7 @@ class Checked:
 def check(path: str | Path, overrides: list[str] = ()) -> Checked:
     """Schema, pairs and (when the model's config is reachable) the plan's cells."""
     source = Path(path)
-    recipe, pairs, _ = _recipe_and_pairs(source, list(overrides))
+    recipe, _, pairs, _ = _recipe_and_pairs(source, list(overrides))
     try:
         shape = model_shape(recipe.model, source)
     except ModelError as err:
@@ -121,15 +136,18 @@ def check(path: str | Path, overrides: list[str] = ()) -> Checked:
     return Checked(recipe, len(pairs), shape, build_plan(recipe, shape, source), [])
 
 
-def _recipe_and_pairs(source: Path, overrides: list[str]) -> tuple[Recipe, list[Pair], dict]:
-    recipe = load_recipe(source, overrides)
-    data = recipe.data
-    limit = None if data.filter != "none" else data.limit  # a filter takes the limit after it
+def _recipe_and_pairs(source: Path, overrides: list[str]):
+    """(recipe, the recipe file's bytes, pairs, pair counts)."""
+    recipe, data = read_recipe(source, overrides)
+    section = recipe.data
+    limit = None if section.filter != "none" else section.limit  # a filter limits after it
     try:
-        pairs, counts = load_pair_set(data.pairs, source.parent, limit, data.source, data.seed)
+        pairs, counts = load_pair_set(
+            section.pairs, source.parent, limit, section.source, section.seed
+        )
     except PairsError as err:
         raise RecipeError(source, "data.pairs", str(err)) from None
-    return recipe, pairs, counts
+    return recipe, data, pairs, counts
 
 
 def _keep_both_correct(model, pairs: list[Pair], counts: dict, recipe: Recipe, source: Path):
@@ -154,10 +172,7 @@ def _keep_both_correct(model, pairs: list[Pair], counts: dict, recipe: Recipe, s
             part, decoded[: len(part)], decoded[len(part) :], strict=True
         ):
             checked += 1
-            if (
-                last_number(clean) == pair.clean_answer
-                and last_number(corrupt) == pair.corrupted_answer
-            ):
+            if answer_is(clean, pair.clean_answer) and answer_is(corrupt, pair.corrupted_answer):
                 kept.append(pair)
             if len(kept) == limit:
                 break
@@ -187,37 +202,34 @@ def execute(
     """Run the sweep and write the run folder; the manifest says how it ended.
 
     `resume` is (run folder, its manifest) from `nnpatch.resume.resume_source`: the sweep
-    continues in that folder, keeping the row shards already written.
+    continues in that folder, keeping the row shards already written. However the process
+    ends (an error, Ctrl-C, SIGTERM, a full disk), the manifest is left with a true status:
+    `finished`, `interrupted` or `failed`, never `running`.
     """
     recipe = prep.recipe
     prints = fingerprint(recipe, prep.model, prep.pairs)
     if resume is None:
-        path = rundir.new_run_dir(Path(recipe.run.output), recipe.name)
-        rundir.write_text(path / "recipe.toml", prep.source.read_text(encoding="utf-8"))
-        rundir.write_json(path / "resolved.json", resolved(prep))
-        manifest = {**base_manifest(prep), "fingerprint": prints}
+        path, manifest = _new_folder(prep, prints)
     else:
         path, manifest = resume
         check_unchanged(path, manifest["fingerprint"], prints)
+        ShardStore(path).load(len(recipe.metrics.names))  # refuse damaged shards up front
         manifest = {**manifest, "resumed": manifest.get("resumed", 0) + 1}
-        for stale in ("error", "ended"):
+        for stale in ("error", "ended", "report"):
             manifest.pop(stale, None)
     manifest.update(status="running", pid=os.getpid(), host=platform.node())
-    rundir.write_json(path / "manifest.json", manifest)
-    started = time.perf_counter()
+    if prep.notes:
+        manifest["notes"] = prep.notes
     try:
+        rundir.write_manifest(path / "manifest.json", manifest)
+        started = time.perf_counter()
         finished = _sweep(prep, path, progress)
     except BaseException as err:
-        manifest.update(
-            status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
-            error=f"{type(err).__name__}: {err}",
-            ended=rundir.now(),
-        )
-        rundir.write_json(path / "manifest.json", manifest)
-        err.run_dir = path  # the CLI tells the user how to resume it
-        raise
+        ended = _ended(path, manifest, err)
+        if ended is err:
+            raise
+        raise ended from None
     total = time.perf_counter() - started
-    rows = finished.results.height
     finished.timings.update(
         total_s=total,
         rows_per_s=finished.timings["rows_computed"] / max(finished.timings["patch_s"], 1e-9),
@@ -225,20 +237,77 @@ def execute(
     manifest.update(
         status="finished",
         ended=rundir.now(),
-        rows=rows,
+        rows=finished.results.height,
         nonfinite_rows=finished.results["nonfinite"].sum(),
         timings=finished.timings,
     )
-    clock = time.perf_counter()
-    try:  # the report shows the final manifest; `nnpatch report` re-renders the same files
-        render_report(path, manifest)
-    except BaseException as err:
-        manifest.update(status="failed", error=f"report: {type(err).__name__}: {err}")
-        rundir.write_json(path / "manifest.json", manifest)
-        raise
-    rundir.write_json(path / "manifest.json", {**manifest, "report_s": time.perf_counter() - clock})
+    finished.report = _report(path, manifest)
     ShardStore(path).remove()  # results.parquet holds every row now
     return finished
+
+
+def _new_folder(prep: Prepared, prints: dict) -> tuple[Path, dict]:
+    """A new run folder with its manifest, the recipe file verbatim and the resolved recipe;
+    a folder that cannot be completed is removed, never left half-made."""
+    recipe = prep.recipe
+    try:
+        path = rundir.new_run_dir(Path(recipe.run.output), recipe.name)
+    except OSError as err:
+        raise FolderError.from_os(err, "choose another run.output (or --out)") from None
+    manifest = {**base_manifest(prep), "fingerprint": prints}
+    try:
+        rundir.write_manifest(path / "manifest.json", manifest)
+        rundir.write_bytes(path / "recipe.toml", prep.recipe_bytes)
+        rundir.write_json(path / "resolved.json", resolved(prep))
+    except BaseException as err:
+        shutil.rmtree(path, ignore_errors=True)
+        if isinstance(err, OSError):
+            then = "nothing was run; free some space or choose another run.output"
+            raise FolderError.from_os(err, then) from None
+        raise
+    return path, manifest
+
+
+def _ended(path: Path, manifest: dict, err: BaseException) -> BaseException:
+    """Record how the run ended and return the error to raise: interrupted for Ctrl-C and
+    stop signals, failed otherwise; a refused file operation becomes one line."""
+    interrupted = isinstance(err, KeyboardInterrupt)
+    if isinstance(err, OSError):
+        err = FolderError.from_os(err, f"continue with: nnpatch run --resume {path}")
+    manifest.update(
+        status="interrupted" if interrupted else "failed",
+        error=_one_line(err),
+        ended=rundir.now(),
+    )
+    # when nothing more can be written, readers see `running` with its process gone
+    with contextlib.suppress(OSError):
+        rundir.write_manifest(path / "manifest.json", manifest)
+    err.run_dir = path  # the CLI tells the user how to resume it
+    return err
+
+
+def _report(path: Path, manifest: dict) -> dict:
+    """Charts and report.html, then the final manifest. A chart that cannot be drawn is a note;
+    a report that cannot be written at all is recorded, and the finished tables stand."""
+    clock = time.perf_counter()
+    try:  # the report shows the final manifest; `nnpatch report` re-renders the same files
+        rendered = render_report(path, manifest)
+        report = {"charts_not_drawn": rendered.notes}
+    except KeyboardInterrupt as err:  # the tables are written; --resume draws the report
+        _ended(path, manifest, err)
+        raise
+    except Exception as err:  # noqa: BLE001 - the sweep's tables are whole whatever failed here
+        report = {"error": _one_line(err)}
+    manifest.update(report=report, report_s=time.perf_counter() - clock)
+    rundir.write_manifest(path / "manifest.json", manifest)
+    return report
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if isinstance(err, KeyboardInterrupt):
+        return f"interrupted ({text})" if text else "interrupted (Ctrl-C)"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _sweep(prep: Prepared, path: Path, progress) -> Finished:
@@ -260,12 +329,21 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
         if patch.control == "random-donor" and len(pairs) > 1:
             donors = control_donors(len(pairs), recipe.run.seed)
             rows += [(spec, i, donors[i]) for spec in prep.plan for i in range(len(pairs))]
-        rows = by_first_position(rows, prep.model.position_labels())
+        rows = by_first_position(_inside(rows, prep.model, pairs), prep.model.position_labels())
         tick = progress(len(rows)) if progress else (lambda n: None)
         clock = time.perf_counter()
         values, computed = _patch_in_shards(prep, base, rows, ShardStore(path), tick)
         patch_s = time.perf_counter() - clock
-        results = results_table(rows, pairs, values, names, patch.mode, patch.site, patch.direction)
+        results = results_table(
+            rows,
+            pairs,
+            values,
+            names,
+            patch.mode,
+            patch.site,
+            patch.direction,
+            tokens=_receiver_tokens(prep),
+        )
     baselines = baselines_table(
         pairs,
         base.clean_metrics.cpu(),
@@ -293,29 +371,85 @@ def _attribution(prep: Prepared, base, progress, store) -> tuple[pl.DataFrame, i
     estimates = estimate(prep.engine, pairs, prep.answers, base, prep.plan, chunk)
     receiver = base.corrupt_metrics if patch.direction == "denoise" else base.clean_metrics
     verify = verify_cells(estimates, receiver.cpu(), prep.plan, names, patch.verify_top)
-    estimate_rows = [(spec, i, i) for spec in prep.plan for i in range(len(pairs))]
-    exact_rows = [(spec, i, i) for spec in verify for i in range(len(pairs))]
+    every = [(spec, i, i) for spec in prep.plan for i in range(len(pairs))]  # as `estimate`
+    inside = inside_spans(every, prep.model, pairs)
+    estimate_rows = [row for row, ok in zip(every, inside, strict=True) if ok]
+    keep = torch.tensor(inside, dtype=torch.bool)
+    exact_rows = _inside(
+        [(spec, i, i) for spec in verify for i in range(len(pairs))], prep.model, pairs
+    )
     tick = progress(len(estimate_rows) + len(exact_rows)) if progress else (lambda n: None)
     tick(len(estimate_rows))
     values, computed = _patch_in_shards(prep, base, exact_rows, store, tick)
+    tokens = _receiver_tokens(prep)
     frames = [
         results_table(
-            estimate_rows, pairs, estimates, names, patch.mode, patch.site, patch.direction, True
+            estimate_rows,
+            pairs,
+            estimates[keep],
+            names,
+            patch.mode,
+            patch.site,
+            patch.direction,
+            True,
+            tokens=tokens,
         ),
-        results_table(exact_rows, pairs, values, names, "single", patch.site, patch.direction),
+        results_table(
+            exact_rows, pairs, values, names, "single", patch.site, patch.direction, tokens=tokens
+        ),
     ]
     return pl.concat(frames), computed, time.perf_counter() - clock
+
+
+def inside_spans(rows: list, model, pairs: list[Pair]) -> list[bool]:
+    """For each row, whether every position lies inside the receiver's and the donor's span
+    (plain LMs: spans differ in length); every row of a fixed-position model is inside."""
+    spans = [model.span_of(pair) for pair in pairs]
+    if all(span is None for span in spans):
+        return [True] * len(rows)
+
+    def inside(index: int, positions) -> bool:
+        return all(int(p) < spans[index] for p in positions)
+
+    return [inside(r, spec.positions) and inside(d, spec.positions) for spec, r, d in rows]
+
+
+def _inside(rows: list, model, pairs: list[Pair]) -> list:
+    return [row for row, ok in zip(rows, inside_spans(rows, model, pairs), strict=True) if ok]
+
+
+def _span_notes(model, pairs: list[Pair], plan: list[PatchSpec]) -> list[str]:
+    """Said out loud when plain-LM spans differ in length: which rows are left out."""
+    spans = [model.span_of(pair) for pair in pairs]
+    if None in spans or len(set(spans)) < 2:
+        return []
+    own = [(spec, i, i) for spec in plan for i in range(len(pairs))]
+    left_out = len(own) - sum(inside_spans(own, model, pairs))
+    return [
+        f"spans differ in length ({min(spans)} to {max(spans)} tokens): {left_out} of "
+        f"{len(own)} patched rows lie past their pair's span and are left out, so positions "
+        "past the shortest span have fewer pairs (n in summary; span_tokens in baselines)"
+    ]
+
+
+def _receiver_tokens(prep: Prepared) -> list[dict[str, tuple[int, str]]]:
+    """Per pair: each position's index in the receiver's sequence and its token's text."""
+    side = "corrupted_question" if prep.recipe.patch.direction == "denoise" else "clean_question"
+    return [prep.model.position_tokens(getattr(pair, side)) for pair in prep.pairs]
 
 
 def _patch_in_shards(prep: Prepared, base, rows: list, store: ShardStore, tick):
     """Patched metrics for every row, one shard per batch; batches already saved are read
     back instead of recomputed. Returns the values and how many rows were computed."""
-    size = prep.recipe.run.batch_size
-    saved = store.load()
-    parts, computed = [torch.empty(0, len(prep.recipe.metrics.names))], 0
+    size, width = prep.recipe.run.batch_size, len(prep.recipe.metrics.names)
+    saved = store.load(width)
+    store.check_batches(
+        saved, {first: len(rows[first : first + size]) for first in range(0, len(rows), size)}
+    )
+    parts, computed = [torch.empty(0, width)], 0
     for first in range(0, len(rows), size):
         batch = rows[first : first + size]
-        if first in saved and saved[first].shape == (len(batch), len(prep.recipe.metrics.names)):
+        if first in saved:
             parts.append(torch.from_numpy(saved[first]))
             tick(len(batch))
             continue
@@ -347,7 +481,8 @@ def _check_finite_baselines(pairs: list[Pair], base) -> None:
 
 
 def _check_output(output: Path, source: Path) -> None:
-    """run.output must be a folder we can write (or create), checked before any work."""
+    """run.output must be a folder we can write (or create), outside every run folder,
+    checked before any work with a probe file in its nearest existing folder."""
     existing = next((p for p in [output, *output.parents] if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise RecipeError(
@@ -356,6 +491,45 @@ def _check_output(output: Path, source: Path) -> None:
             f"{existing} is a file, not a folder",
             "point run.output (or --out) at a folder",
         )
+    inside = next((p for p in [output, *output.parents] if (p / "manifest.json").is_file()), None)
+    if inside is not None:
+        raise RecipeError(
+            source,
+            "run.output",
+            f"{output} is inside the run folder {inside}, which is never edited",
+            "point run.output (or --out) at another folder",
+        )
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing or Path.cwd(), prefix=".nnpatch-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise RecipeError(
+            source,
+            "run.output",
+            f"cannot write to {output} ({err.strerror or type(err).__name__})",
+            "point run.output (or --out) at a folder you can write",
+        ) from None
+
+
+def check_context(model, pairs: list[Pair], answers: PairAnswers) -> None:
+    """Every forward must fit the model's context: question, thoughts, eot, prefix, answer."""
+    limit = model.context_length
+    if limit is None:
+        return
+    for i, pair in enumerate(pairs):
+        answer = max(len(answers.clean[i]), len(answers.corrupt[i]))
+        for side, question in (
+            ("clean", pair.clean_question),
+            ("corrupted", pair.corrupted_question),
+        ):
+            need = model.sequence_length(question, answer)
+            if need > limit:
+                raise PairsError(
+                    f"pair {pair.id!r}: its {side} question needs {need} positions with its "
+                    f"answer, more than {model.name}'s context of {limit}; shorten the "
+                    "question or drop the pair"
+                )
 
 
 def control_donors(count: int, seed: int) -> list[int]:
@@ -365,8 +539,10 @@ def control_donors(count: int, seed: int) -> list[int]:
 
 
 def _answer_columns(prep: Prepared, base) -> dict[str, list]:
-    """Where the answers first differ, and whether each unpatched run's top-1 is its answer."""
+    """Where the answers first differ, whether each unpatched run's top-1 is its answer, and
+    (plain LMs) each pair's span length."""
     answers = prep.answers
+    spans = {"span_tokens": [prep.model.span_of(pair) for pair in prep.pairs]}
     clean_tok = [answers.clean[i][d] for i, d in enumerate(answers.diff_index)]
     corrupt_tok = [answers.corrupt[i][d] for i, d in enumerate(answers.diff_index)]
     refs = base.references
@@ -378,6 +554,7 @@ def _answer_columns(prep: Prepared, base) -> dict[str, list]:
         "corrupted_top1_is_corrupted_answer": (
             refs.corrupt_logits.argmax(-1).cpu() == torch.tensor(corrupt_tok)
         ).tolist(),
+        **spans,
     }
 
 

@@ -4,41 +4,80 @@ Each batch of patched rows becomes `shards/rows-<first row>.npy` (float32, [rows
 written to a temporary name and renamed, so a shard is either whole or absent. Batches are
 fixed slices of the row list, so a resumed run recomputes exactly the batches that were
 missing, with the same rows in each: its values equal an uninterrupted run's bit for bit.
+A shard that is unreadable, misshapen or not at a batch boundary did not come from this run
+as written: the resume stops and names it, rather than mix it in or quietly replace it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from nnpatch.errors import RunFolderError
+
 FOLDER = "shards"
+NAME = re.compile(r"rows-(\d{9})\.npy")
 
 
 class ShardStore:
     def __init__(self, run_dir: Path) -> None:
         self.folder = run_dir / FOLDER
 
-    def load(self) -> dict[int, np.ndarray]:
-        """First row → values of every shard already written."""
+    def load(self, width: int) -> dict[int, np.ndarray]:
+        """First row → values of every shard already written, each [rows, width] float32."""
         if not self.folder.is_dir():
             return {}
         found = {}
-        for file in sorted(self.folder.glob("rows-*.npy")):
-            found[int(file.stem.removeprefix("rows-"))] = np.load(file, allow_pickle=False)
+        for file in sorted(self.folder.iterdir()):
+            if file.name.startswith("."):  # a temporary of a write that never finished
+                continue
+            match = NAME.fullmatch(file.name)
+            if match is None:
+                raise self._error(file, "is not a shard nnpatch writes")
+            try:
+                values = np.load(file, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as err:
+                raise self._error(file, f"is truncated or corrupt ({type(err).__name__})") from None
+            if values.ndim != 2 or values.shape[1] != width or values.dtype != np.float32:
+                raise self._error(file, f"holds {values.dtype} {values.shape}, not [rows, {width}]")
+            found[int(match.group(1))] = values
         return found
+
+    def check_batches(self, saved: dict[int, np.ndarray], batches: dict[int, int]) -> None:
+        """Every saved shard starts at one of this run's batches and has its row count."""
+        for first, values in saved.items():
+            file = self.folder / f"rows-{first:09d}.npy"
+            if first not in batches:
+                raise self._error(file, f"starts at row {first}, where no batch of this run does")
+            if values.shape[0] != batches[first]:
+                raise self._error(
+                    file, f"holds {values.shape[0]} rows; its batch has {batches[first]}"
+                )
+
+    @staticmethod
+    def _error(file: Path, problem: str) -> RunFolderError:
+        return RunFolderError(
+            f"{file}: {problem}; it is not a whole shard of this run: delete it and resume "
+            "again (its rows are recomputed)"
+        )
 
     def write(self, first_row: int, values: np.ndarray) -> None:
         self.folder.mkdir(exist_ok=True)
         final = self.folder / f"rows-{first_row:09d}.npy"
         tmp = self.folder / f".{final.name}.tmp"
-        with open(tmp, "wb") as handle:
-            np.save(handle, values, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as handle:
+                np.save(handle, values, allow_pickle=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

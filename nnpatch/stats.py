@@ -19,10 +19,14 @@ def generator(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(key.encode())])
 
 
+MIN_PAIRS = 2  # fewer finite pairs carry no interval and no comparison
+
+
 def bootstrap_ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean over pairs (`RESAMPLES` resamples)."""
-    if len(values) == 1:
-        return float(values[0]), float(values[0])
+    """Percentile bootstrap CI of the mean over pairs (`RESAMPLES` resamples); needs at least
+    `MIN_PAIRS` values (callers give None below that)."""
+    if len(values) < MIN_PAIRS:
+        raise ValueError(f"a bootstrap CI needs at least {MIN_PAIRS} values")
     draws = rng.integers(0, len(values), size=(RESAMPLES, len(values)))
     means = values[draws].mean(axis=1)
     tail = 100 * (1 - LEVEL) / 2
@@ -46,12 +50,22 @@ EMPTY = dict.fromkeys(
 )
 
 
+def excludes_zero(low: float | None, high: float | None) -> bool | None:
+    """Whether a CI excludes zero; None when there is no interval or it has no width (every
+    resample gave one value: the data cannot tell a difference from a constant)."""
+    if low is None or high is None or not low < high:
+        return None
+    return bool(low > 0 or high < 0)
+
+
 def cell_stats(values: np.ndarray, control: np.ndarray | None, seed: int, key: str) -> dict:
     """mean, sem, CI; with control rows (same pairs, same order): their CI, the paired
     difference's CI, and whether that excludes zero (the cell differs from the noise floor).
 
     Pairs whose value (or control value) is not finite, e.g. recovery where the clean and
-    corrupted logit differences coincide, are left out and counted in `nonfinite_pairs`."""
+    corrupted logit differences coincide, are left out and counted in `nonfinite_pairs`.
+    Below `MIN_PAIRS` finite pairs there is a mean but no sem, CI or comparison, and a
+    zero-width difference CI never says `differs_from_control`."""
     finite = np.isfinite(values) if control is None else np.isfinite(values) & np.isfinite(control)
     dropped = int(len(values) - finite.sum())
     values = values[finite]
@@ -59,11 +73,13 @@ def cell_stats(values: np.ndarray, control: np.ndarray | None, seed: int, key: s
     n = len(values)
     if n == 0:
         return {**EMPTY, "n": 0, "nonfinite_pairs": dropped}
+    if n < MIN_PAIRS:
+        return {**EMPTY, "n": n, "mean": float(values.mean()), "nonfinite_pairs": dropped}
     low, high = bootstrap_ci(values, generator(seed, key))
     out = {
         "n": n,
         "mean": float(values.mean()),
-        "sem": float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+        "sem": float(values.std(ddof=1) / np.sqrt(n)),
         "ci95_low": low,
         "ci95_high": high,
         "control_mean": None,
@@ -83,6 +99,6 @@ def cell_stats(values: np.ndarray, control: np.ndarray | None, seed: int, key: s
             control_ci95_high=c_high,
             diff_ci95_low=d_low,
             diff_ci95_high=d_high,
-            differs_from_control=bool(d_low > 0 or d_high < 0),
+            differs_from_control=excludes_zero(d_low, d_high),
         )
     return out

@@ -49,3 +49,32 @@ def run_recipe(path: Path, overrides: list[str] = ()) -> pl.DataFrame:
     """Run a recipe through the public path and return its results table, read from disk."""
     finished = execute(prepare(path, list(overrides)))
     return pl.read_parquet(finished.path / "results.parquet")
+
+
+def byte_level_tokenizer(bos: bool = True):
+    """A GPT-2-style byte-level BPE tokenizer trained in memory on GSM8K-like text: unlike
+    the tiny word-level one, every run of spaces changes its ids (as real tokenizers' do)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|begin|>", "<|end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = [
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many.",
+        "How many clips did Natalia sell altogether in April and May?  The answer is: 72",
+        "Tom has 3 coins. He finds 4 more.  How many coins does he have now?",
+    ]
+    tok.train_from_iterator(corpus * 20, trainer)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|begin|> $A", special_tokens=[("<|begin|>", tok.token_to_id("<|begin|>"))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|begin|>", eos_token="<|end|>", pad_token="<|end|>"
+    )

@@ -88,10 +88,13 @@ class CoconutRelease(nn.Module):
         self.embedding = lm.get_input_embeddings()
 
 
-def write_coconut_release(folder: Path):
-    """(lm, tokenizer, base folder, checkpoint file) for a tiny GPT-2 Coconut."""
+def write_coconut_release(folder: Path, padded_vocab: int = 0):
+    """(lm, tokenizer, base folder, checkpoint file) for a tiny GPT-2 Coconut.
+
+    `padded_vocab` extra rows in the base config's vocabulary (as models padded to a round
+    size have): the latent tokens then get ids below the config's vocab_size."""
     tokenizer = build_tiny_tokenizer()
-    config, lm = base_model("gpt2", len(tokenizer), seed=2)
+    config, lm = base_model("gpt2", len(tokenizer) + padded_vocab, seed=2)
     base = folder / "base"
     config.save_pretrained(base)
     tokenizer.save_pretrained(base)

@@ -163,7 +163,7 @@ def test_named_positions_and_thought_site_are_rejected(tmp_path):
     for patch, match in [
         ({"mode": "single", "positions": ["bot"]}, "has no position 'bot'"),
         ({"mode": "single", "site": "thought"}, "has no site 'thought'"),
-        ({"mode": "single", "positions": [5]}, "span token position 5"),
+        ({"mode": "single", "positions": [15]}, "span token position 15"),  # longest: 15
     ]:
         recipe = write_recipe(
             tmp_path, model={"preset": "tiny-random-gpt2"}, data={"pairs": str(pairs)}, patch=patch

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from helpers import run_recipe, write_pairs, write_recipe
+from helpers import run_recipe, write_recipe
 from reference import reference_rows
 
 from nnpatch.metrics import METRICS
@@ -115,28 +115,64 @@ def test_batched_equals_one_by_one(tmp_path):
         np.testing.assert_allclose(one[name], many[name], rtol=1e-4, atol=1e-4)
 
 
-def test_patching_own_activations_changes_nothing(tmp_path):
-    """Donor and receiver share a question: every patched row equals the receiver's baseline."""
-    rows = [
-        {
-            "id": f"same-{i}",
-            "clean_question": p.clean_question,
-            "clean_answer": p.clean_answer,
-            "corrupted_question": p.clean_question,
-            "corrupted_answer": p.corrupted_answer,
-        }
+def test_patching_own_activations_changes_nothing(llama):
+    """Donor and receiver share a question: every patched row equals the receiver's baseline.
+
+    Recipes refuse such pairs (nothing to measure), so the engine is driven directly, with
+    answers built by hand, at every layer over every position."""
+    from nnpatch.engine import Engine, PairAnswers
+    from nnpatch.pairs import Pair
+
+    pairs = [
+        Pair(f"same-{i}", p.clean_question, p.clean_answer, p.clean_question, p.corrupted_answer)
         for i, p in enumerate(tiny_arithmetic()[:3])
     ]
-    pairs = write_pairs(tmp_path / "same.jsonl", rows)
-    recipe = write_recipe(
-        tmp_path,
-        data={"pairs": str(pairs)},
-        patch={"mode": "layer", "positions": ["bot", 0, 1, 2, 3, 4, 5, "eot"]},
-    )
-    results = run_recipe(recipe).filter(~pl.col("control"))
-    np.testing.assert_allclose(results["kl_from_corrupt"], 0, atol=1e-6)
-    np.testing.assert_allclose(results["l2"], 0, atol=1e-4)
-    assert results["top1_changed"].sum() == 0
+    names = list(METRICS)
+    engine = Engine(llama, "resid", "denoise", names)
+    clean = [llama.answer_ids(p.clean_answer) for p in pairs]
+    corrupt = [llama.answer_ids(p.corrupted_answer) for p in pairs]
+    diff = [
+        next(i for i, (a, b) in enumerate(zip(x, y, strict=False)) if a != b)
+        for x, y in zip(clean, corrupt, strict=True)
+    ]
+    answers = PairAnswers(clean, corrupt, diff)
+    labels = tuple(llama.position_labels())
+    specs = [PatchSpec(layer, labels) for layer in range(llama.num_layers)]
+    cells = [(layer, label) for layer in range(llama.num_layers) for label in labels]
+    base = engine.baselines(pairs, answers, cells, chunk=3)
+    rows = [(spec, i, i) for spec in specs for i in range(len(pairs))]
+    values = engine.patch(pairs, answers, base, rows, batch_size=16).numpy()
+    column = {name: values[:, j] for j, name in enumerate(names)}
+    np.testing.assert_allclose(column["kl_from_corrupt"], 0, atol=1e-6)
+    np.testing.assert_allclose(column["l2"], 0, atol=1e-4)
+    assert column["top1_changed"].sum() == 0
+
+
+def test_a_run_whose_recovery_is_never_finite_finishes_with_notes(tmp_path, monkeypatch):
+    """When no pair has a finite recovery (here every gap counts as vanishing), the tables are
+    written and the run finishes: the charts that would be empty are one-line notes, in the
+    manifest, the report and the summary, and the other charts are drawn."""
+    import json
+
+    from nnpatch import metrics
+
+    monkeypatch.setattr(metrics, "GAP_EPS", float("inf"))
+    recipe = write_recipe(tmp_path, patch={"mode": "layer", "positions": [0, 1]})
+    results = run_recipe(recipe)
+    assert results["recovery"].is_nan().all()
+    (folder,) = (tmp_path / "outputs" / "test").iterdir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
+    notes = manifest["report"]["charts_not_drawn"]
+    assert notes == [
+        "layer_recovery: not drawn (no finite mean recovery at any layer)",
+        "heatmap_recovery: not drawn (no finite mean recovery in any cell)",
+        "top_recovery: not drawn (no cell has a finite mean recovery)",
+    ]
+    assert (folder / "charts" / "heatmap_logit_diff.png").is_file()
+    assert not (folder / "charts" / "top_recovery.png").exists()
+    assert all(note in (folder / "summary.md").read_text() for note in notes)
+    assert notes[0] in (folder / "report.html").read_text()
 
 
 def test_chained_last_equals_layer(tmp_path):

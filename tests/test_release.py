@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from release_builders import COCONUT_TOKENS, write_coconut_release, write_codi_release
@@ -163,8 +165,9 @@ def test_coconut_release_matches_reference(tmp_path):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def coconut_greedy(lm, tokenizer, question: str, steps: int, text_vocab: int) -> list[int]:
-    """Coconut's generate: full recompute each step, latents filled as in its forward."""
+def coconut_greedy(lm, tokenizer, question: str, steps: int, never: tuple[int, ...]) -> list[int]:
+    """Coconut's generate: full recompute each step, latents filled as in its forward; the
+    ids in `never` are masked (Coconut masks none; nnpatch never decodes its markers)."""
     start, end, latent = tokenizer.convert_tokens_to_ids(COCONUT_TOKENS)
     ids = tokenizer(question + "\n").input_ids + [start] + [latent] * 6 + [end]
     embeds = lm.get_input_embeddings()(torch.tensor([ids]))
@@ -175,7 +178,9 @@ def coconut_greedy(lm, tokenizer, question: str, steps: int, text_vocab: int) ->
             out = lm(inputs_embeds=embeds[:, : first + step], output_hidden_states=True)
             embeds[:, first + step] = out.hidden_states[-1][:, -1]
         for _ in range(steps):
-            token = lm(inputs_embeds=embeds).logits[0, -1, :text_vocab].argmax()
+            logits = lm(inputs_embeds=embeds).logits[0, -1]
+            logits[list(never)] = float("-inf")
+            token = logits.argmax()
             tokens.append(int(token))
             embeds = torch.cat([embeds, lm.get_input_embeddings()(token.view(1, 1))], dim=1)
     return tokens
@@ -189,8 +194,32 @@ def test_coconut_greedy_answers_match(tmp_path):
     with torch.no_grad():
         tokens = model.module.generate(encoded.input_ids, encoded.attention_mask, -1, max_new=8)
     assert tokens[0] == coconut_greedy(
-        lm, tokenizer, PAIR.clean_question, 8, model.module.text_vocab
+        lm, tokenizer, PAIR.clean_question, 8, model.module.marker_ids
     )
+
+
+def test_coconut_greedy_never_decodes_a_latent_token(tmp_path):
+    """Even where the base config's vocabulary is padded past the tokenizer (so the latent
+    tokens sit below config.vocab_size) and a latent token has the top logit, greedy
+    decoding never emits one of Coconut's three latent tokens."""
+    _, tokenizer, base, path = write_coconut_release(tmp_path, padded_vocab=16)
+    model = load_coconut(ModelSection(kind="coconut", base=str(base), checkpoint=str(path)))
+    latents = tokenizer.convert_tokens_to_ids(COCONUT_TOKENS)
+    assert sorted(model.module.marker_ids) == sorted(latents)
+    base_vocab = json.loads((base / "config.json").read_text())["vocab_size"]
+    assert max(latents) < base_vocab  # a "below the config's vocabulary" rule would miss them
+
+    def favour_latent(module, inputs, output):
+        output[..., latents[2]] += 1e4
+
+    handle = model.module.lm.lm_head.register_forward_hook(favour_latent)
+    try:
+        encoded = model.encode([PAIR.clean_question], [[1]], [[2]])
+        with torch.no_grad():
+            tokens = model.module.generate(encoded.input_ids, encoded.attention_mask, -1, 8)
+    finally:
+        handle.remove()
+    assert len(tokens[0]) == 8 and not set(tokens[0]) & set(latents)
 
 
 def test_coconut_embedding_alias_must_agree(tmp_path):

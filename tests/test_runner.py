@@ -74,3 +74,49 @@ def test_recipes_are_data_the_package_never_evaluates_or_imports_by_name():
         if forbidden.search(line) or dynamic.search(line)
     ]
     assert not offenders
+
+
+@pytest.mark.parametrize(
+    ("decoded", "expected", "right"),
+    [
+        ("The answer is: 72.0", "72", True),  # numbers compare as numbers
+        ("72", "72.0", True),
+        ("1,000", "1000", True),
+        ("The answer is: 7 2", "72", False),  # CODI reads the last number: 2
+        ("-3", "-3", True),
+        ("18 apples, so 19", "18", False),
+        ("no number", "18", False),
+        ("Yes", "Yes", True),  # non-numeric answers compare as text
+        ("Yes.", "Yes", False),
+    ],
+)
+def test_answers_compare_as_codi_evaluation_does(decoded, expected, right):
+    from nnpatch.models.base import answer_is
+
+    assert answer_is(decoded, expected) is right
+
+
+def test_both_correct_filter_compares_numerically(tmp_path):
+    """The both-correct filter keeps a pair whose decoded answers are '72.0' and '80' for
+    answers '72' and '80.00', and drops one whose answer is only a prefix."""
+    from nnpatch.pairs import Pair
+    from nnpatch.recipe import validate_recipe
+    from nnpatch.runner import _keep_both_correct
+
+    decoded = {"q1": "The answer is: 72.0", "k1": "80", "q2": "The answer is: 7", "k2": "9"}
+
+    class Decoder:
+        def greedy_answers(self, questions):
+            return [decoded[q] for q in questions]
+
+    pairs = [Pair("a", "q1", "72", "k1", "80.00"), Pair("b", "q2", "72", "k2", "9")]
+    recipe = validate_recipe(
+        {
+            "name": "f",
+            "model": {"preset": "toy-codi"},
+            "data": {"pairs": "toy-arithmetic", "filter": "both-correct"},
+            "patch": {"mode": "single"},
+        }
+    )
+    kept, counts = _keep_both_correct(Decoder(), pairs, {}, recipe, tmp_path / "r.toml")
+    assert [p.id for p in kept] == ["a"] and counts["filter_dropped"] == 1

@@ -9,7 +9,7 @@ import torch
 
 from nnpatch.errors import ModelError, RecipeError
 from nnpatch.models.base import ModelShape, ThoughtModel
-from nnpatch.models.presets import PRESETS
+from nnpatch.models.presets import PLAIN_PRESETS, PRESETS
 from nnpatch.recipe import ModelSection
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -68,17 +68,18 @@ def model_shape(section: ModelSection, source: str | Path = "<recipe>") -> Model
         )
     from transformers import AutoConfig
 
-    from nnpatch.models.hub import resolve_folder
+    from nnpatch.models.hub import first_line, refuse_custom_code, resolve_folder
 
     try:
         if not section.base:
             raise ModelError("model.base: required for checkpoints")
         folder = resolve_folder(section.base, "model.base", ["config.json"], section.revision)
-        config = AutoConfig.from_pretrained(folder)
+        refuse_custom_code(folder, "model.base")
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except ModelError as err:
         raise ModelError(f"{source}: {err}") from None
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{source}: model.base: {str(err).splitlines()[0][:160]}") from None
+    except Exception as err:  # noqa: BLE001 - a broken config file: one line
+        raise ModelError(f"{source}: model.base: {first_line(err)}") from None
     name = section.checkpoint or section.base
     return ModelShape(name, config.num_hidden_layers, section.num_thoughts or 6)
 
@@ -88,6 +89,16 @@ def _preset(section: ModelSection, source: str | Path) -> ThoughtModel:
         close = difflib.get_close_matches(section.preset, list(PRESETS), n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(PRESETS)}"
         raise RecipeError(source, "model.preset", f"unknown preset {section.preset!r}", hint)
+    plain = section.preset in PLAIN_PRESETS
+    wrong = "num_thoughts" if plain else "answer_prefix"
+    if getattr(section, wrong) is not None:
+        what = "a plain causal LM (no thoughts)" if plain else "a CODI model"
+        raise RecipeError(
+            source, f"model.{wrong}", f"{section.preset} is {what}; it has no {wrong}", "remove it"
+        )
+    if plain:
+        prefix = section.answer_prefix
+        return PRESETS[section.preset](**({} if prefix is None else {"answer_prefix": prefix}))
     kwargs = {} if section.num_thoughts is None else {"num_thoughts": section.num_thoughts}
     return PRESETS[section.preset](**kwargs)
 
@@ -99,6 +110,13 @@ def _device(name: str, source: str | Path) -> torch.device:
         raise RecipeError(
             source, "model.device", f"unknown device {name!r}", "use 'cpu', 'cuda' or 'cuda:N'"
         ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise RecipeError(
+            source,
+            "model.device",
+            f"{name!r} is not a device nnpatch runs on",
+            "use 'cpu', 'cuda' or 'cuda:N'",
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(
             source,

@@ -20,6 +20,20 @@ SITES = ("resid", "attn", "mlp", "thought")
 ANSWER_PREFIX = "The answer is:"
 
 
+def codi_question(question: str) -> str:
+    """The question as CODI's test.py feeds it: stripped, then each run of two spaces made one
+    (`.strip().replace('  ', ' ')`, a single pass: three spaces become two, as there)."""
+    return question.strip().replace("  ", " ")
+
+
+def coconut_question(question: str) -> str:
+    """The question as Coconut's dataset.py feeds it: the raw text and a newline."""
+    return question + "\n"
+
+
+QUESTION_STYLES = {"codi": codi_question, "coconut": coconut_question}
+
+
 @dataclass(frozen=True)
 class Cell:
     """Where one (site, layer, position) activation lives in the recurrent forward."""
@@ -93,6 +107,23 @@ class PlacedModule:
     def dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype
 
+    @property
+    def context_length(self) -> int | None:
+        """The most positions one forward may use (the config's limit), None when unstated."""
+        config = getattr(self.module, "lm", self.module).config
+        for name in ("max_position_embeddings", "n_positions"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def sequence_length(self, question: str, answer_tokens: int) -> int:
+        """Positions one forward of `question` uses, teacher-forcing an answer this long."""
+        fixed = len(self.question_ids(question)) + self.loop_positions + len(self.prefix_ids())
+        return fixed + answer_tokens
+
+    loop_positions = 0  # positions between the question and the answer prefix
+
 
 class ThoughtModel(PlacedModule):
     """A CODI-architecture model with its tokenizer, ready to encode and patch."""
@@ -103,14 +134,14 @@ class ThoughtModel(PlacedModule):
         tokenizer: PreTrainedTokenizerBase,
         name: str,
         answer_prefix: str = ANSWER_PREFIX,
-        question_suffix: str = "",
+        question_style: str = "codi",
         key_report: object | None = None,
     ) -> None:
         self.module = module.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.answer_prefix = answer_prefix  # CODI: "The answer is:"; Coconut: "###"
-        self.question_suffix = question_suffix  # Coconut questions end with a newline
+        self.question_style = question_style  # how the authors' code prepares a question
         self.key_report = key_report  # how a checkpoint's keys were accounted for
 
     @property
@@ -124,6 +155,10 @@ class ThoughtModel(PlacedModule):
     @property
     def shape(self) -> ModelShape:
         return ModelShape(self.name, self.num_layers, self.num_thoughts)
+
+    @property
+    def loop_positions(self) -> int:
+        return self.num_thoughts + 1  # the thoughts and eot
 
     def position_labels(self) -> list[str]:
         return self.shape.position_labels()
@@ -145,6 +180,19 @@ class ThoughtModel(PlacedModule):
             call, token = int(position) + 1, 0
         return Cell(path, call, token, site == "attn")
 
+    def span_of(self, pair) -> int | None:
+        """Positions are the same for every pair (bot, thoughts, eot): no per-pair span."""
+        return None
+
+    def position_tokens(self, question: str) -> dict[str, tuple[int, str]]:
+        """Each position's absolute index in the unpadded sequence, and a name for its token:
+        question 0..n-1, bot at n, thought t at n+1+t, eot at n+K+1."""
+        n = len(self.question_ids(question)) - 1
+        out = {"bot": (n, "<bot>")}
+        out |= {str(t): (n + 1 + t, f"<thought {t}>") for t in range(self.num_thoughts)}
+        out["eot"] = (n + 1 + self.num_thoughts, "<eot>")
+        return out
+
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an answer as the model writes it after the prefix, then eos.
 
@@ -162,9 +210,12 @@ class ThoughtModel(PlacedModule):
         rows = self.module.generate(ids.to(self.device), mask.to(self.device), self.eos_id, max_new)
         return [self.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
+    def question_text(self, question: str) -> str:
+        """The text the tokenizer sees, prepared exactly as the model's authors prepare it."""
+        return QUESTION_STYLES[self.question_style](question)
+
     def question_ids(self, question: str) -> list[int]:
-        text = question.strip() + self.question_suffix
-        ids = self.tokenizer(text, add_special_tokens=True).input_ids
+        ids = self.tokenizer(self.question_text(question), add_special_tokens=True).input_ids
         return [*ids, self.module.bot_id]
 
     def encode(
@@ -212,10 +263,24 @@ class ThoughtModel(PlacedModule):
         return result[0], result[1]
 
 
-def last_number(text: str) -> str | None:
-    """The answer in decoded text: its last number, as CODI's evaluation reads it."""
-    numbers = re.findall(r"-?\d+(?:\.\d+)?", text.replace(",", "").replace(" ", ""))
-    return numbers[-1] if numbers else None
+NUMBER = re.compile(r"-?\d+\.?\d*")  # CODI's extract_answer_number
+
+
+def last_number(text: str) -> float | None:
+    """The answer in decoded text as CODI's evaluation reads it: commas dropped, the last
+    number, as a float."""
+    numbers = NUMBER.findall(text.replace(",", ""))
+    return float(numbers[-1]) if numbers else None
+
+
+def answer_is(decoded: str, expected: str) -> bool:
+    """Whether decoded text gives the expected answer. Numbers compare as numbers, as CODI's
+    evaluation does ("72.0" is "72", "1,000" is "1000"); other answers compare as text."""
+    try:
+        target = float(expected.replace(",", ""))
+    except ValueError:
+        return decoded.strip() == expected.strip()
+    return last_number(decoded) == target
 
 
 def pad_rows(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,7 +53,8 @@ class CausalLM(PlacedModule):
         self.answer_prefix = answer_prefix
         self.markers = markers
         self.family: Family = family_of(lm)
-        self.span_length: int | None = None  # shortest span over the bound pairs
+        self.span_length: int | None = None  # longest span over the bound pairs
+        self.span_lengths: dict[str, int] = {}  # pair id → its span's token count
         self.key_report = None
         self.remote_traced = None  # the nnsight wrapper NDIF knows, for remote runs
 
@@ -83,8 +84,10 @@ class CausalLM(PlacedModule):
 
     # ---- text ------------------------------------------------------------------------------
     def pieces(self, prompt: str) -> tuple[list[int], list[int], list[int]]:
-        """Token ids before, inside and after the marked span (no markers: all span)."""
+        """Token ids before, inside and after the marked span (no markers: all span); the
+        prompt is stripped of surrounding whitespace first."""
         start, end = self.markers
+        prompt = prompt.strip()
         if start not in prompt:
             before, span, after = "", prompt, ""
         else:
@@ -103,8 +106,14 @@ class CausalLM(PlacedModule):
             encode(after, add_special_tokens=False).input_ids,
         )
 
+    def question_ids(self, prompt: str) -> list[int]:
+        """The prompt's ids as the model reads them, markers removed."""
+        return [token for piece in self.pieces(prompt) for token in piece]
+
     def bind_pairs(self, pairs, markers: tuple[str, str] = MARKERS) -> None:
-        """Check that each pair's clean and corrupted spans align; fix the span length."""
+        """Check that each pair's clean and corrupted spans align; record each pair's span
+        length. Positions run to the longest span; a pair's rows past its own span are left
+        out (and counted), never patched at a token outside the span."""
         self.markers = tuple(markers)
         lengths = []
         for pair in pairs:
@@ -119,13 +128,27 @@ class CausalLM(PlacedModule):
             if clean == 0:
                 raise PairsError(f"pair {pair.id!r}: the marked span is empty")
             lengths.append(clean)
-        self.span_length = min(lengths)
+        self.span_lengths = {pair.id: n for pair, n in zip(pairs, lengths, strict=True)}
+        self.span_length = max(lengths)
+
+    def span_of(self, pair) -> int | None:
+        """How many span positions this pair has."""
+        return self.span_lengths[pair.id]
+
+    def position_tokens(self, prompt: str) -> dict[str, tuple[int, str]]:
+        """Each span position's absolute index in the prompt and its token's text."""
+        head, span, _ = self.pieces(prompt)
+        return {
+            str(t): (len(head) + t, self.tokenizer.decode([token])) for t, token in enumerate(span)
+        }
 
     def answer_ids(self, answer: str) -> list[int]:
         ids = self.tokenizer(" " + answer.strip(), add_special_tokens=False).input_ids
         return [*ids, self.eos_id]
 
     def prefix_ids(self) -> list[int]:
+        if not self.answer_prefix:
+            return []  # answer_prefix = "": the answer follows the prompt directly
         return self.tokenizer(" " + self.answer_prefix, add_special_tokens=False).input_ids
 
     def cell(self, site: str, layer: int | None, position: str) -> Cell:
@@ -166,7 +189,7 @@ class CausalLM(PlacedModule):
         tensors = (
             input_ids,
             mask,
-            torch.tensor(prefix),
+            torch.tensor(prefix, dtype=torch.long),
             clean,
             corrupt,
             clean_mask,
@@ -212,25 +235,26 @@ def load_remote_causal_lm(section) -> CausalLM:
     from nnsight.modeling.transformers import TransformersModel
     from transformers import AutoTokenizer
 
-    from nnpatch.models.hub import resolve_folder
+    from nnpatch.models.hub import first_line, refuse_custom_code, resolve_folder
 
     if not section.checkpoint:
         raise ModelError("model.checkpoint: required (the hub id NDIF hosts)")
     source = section.base or section.checkpoint
-    folder = resolve_folder(source, "model.checkpoint", TOKENIZER_FILES, section.revision)
+    files = ["config.json", *TOKENIZER_FILES]
+    folder = resolve_folder(source, "model.checkpoint", files, section.revision)
+    refuse_custom_code(folder, "model.checkpoint")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         traced = TransformersModel(
             section.checkpoint,
             task="text-generation",
             tokenizer=tokenizer,
             revision=section.revision or "main",
+            trust_remote_code=False,
         )
-    except (OSError, ValueError) as err:
-        raise ModelError(f"model.checkpoint: {str(err).splitlines()[0][:160]}") from None
-    model = CausalLM(
-        traced._module, tokenizer, section.checkpoint, section.answer_prefix or ANSWER_PREFIX
-    )
+    except Exception as err:  # noqa: BLE001 - a broken config or tokenizer: one line
+        raise ModelError(f"model.checkpoint: {first_line(err)}") from None
+    model = CausalLM(traced._module, tokenizer, section.checkpoint, _prefix(section))
     model.remote_traced = traced
     return model
 
@@ -239,7 +263,7 @@ def load_causal_lm(section) -> CausalLM:
     """A Hugging Face causal LM folder or hub id; every weight must load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nnpatch.models.hub import resolve_folder
+    from nnpatch.models.hub import first_line, refuse_custom_code, resolve_folder
 
     if not section.checkpoint:
         raise ModelError("model.checkpoint: required (a model folder or hub id)")
@@ -255,16 +279,26 @@ def load_causal_lm(section) -> CausalLM:
         "*.model",
     ]
     folder = resolve_folder(section.checkpoint, "model.checkpoint", patterns, section.revision)
-    tokenizer_folder = folder
+    refuse_custom_code(folder, "model.checkpoint")
+    tokenizer_folder, tokenizer_field = folder, "model.checkpoint"
     if section.base:
         tokenizer_folder = resolve_folder(section.base, "model.base", patterns, section.revision)
+        tokenizer_field = "model.base"
+        refuse_custom_code(tokenizer_folder, tokenizer_field)
     try:
         lm, info = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch.float32, output_loading_info=True
+            folder, dtype=torch.float32, output_loading_info=True, trust_remote_code=False
         )
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"model.checkpoint: {folder}: {str(err).splitlines()[0][:160]}") from None
+    except Exception as err:  # noqa: BLE001 - broken weights or config: one line
+        raise ModelError(
+            f"model.checkpoint: {folder}: cannot load it ({first_line(err)})"
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - a broken tokenizer file: one line
+        raise ModelError(
+            f"{tokenizer_field}: {tokenizer_folder}: cannot load its tokenizer ({first_line(err)})"
+        ) from None
     tied = {"lm_head.weight"} if getattr(lm.config, "tie_word_embeddings", False) else set()
     missing = sorted(set(info.get("missing_keys", [])) - tied)
     unexpected = sorted(info.get("unexpected_keys", []))
@@ -273,11 +307,15 @@ def load_causal_lm(section) -> CausalLM:
             f"{folder}: missing keys {missing[:4]}, unexpected keys {unexpected[:4]};"
             " the weights do not match the config"
         )
-    prefix = section.answer_prefix or ANSWER_PREFIX
-    return CausalLM(lm, tokenizer, section.checkpoint, answer_prefix=prefix)
+    return CausalLM(lm, tokenizer, section.checkpoint, answer_prefix=_prefix(section))
 
 
-def tiny_random_lm(family: str = "gpt2") -> CausalLM:
+def _prefix(section) -> str:
+    """The recipe's answer prefix; "" is no prefix at all (the answer follows the prompt)."""
+    return ANSWER_PREFIX if section.answer_prefix is None else section.answer_prefix
+
+
+def tiny_random_lm(family: str = "gpt2", answer_prefix: str | None = None) -> CausalLM:
     """A small random-weight plain causal LM with the tiny tokenizer (tests, smoke runs)."""
     from nnpatch.models.presets import tiny_lm
     from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
@@ -287,4 +325,5 @@ def tiny_random_lm(family: str = "gpt2") -> CausalLM:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         lm = tiny_lm(family, len(tokenizer), 3, **ids)
-    return CausalLM(lm.float(), tokenizer, f"tiny-random-{family}")
+    prefix = ANSWER_PREFIX if answer_prefix is None else answer_prefix
+    return CausalLM(lm.float(), tokenizer, f"tiny-random-{family}", answer_prefix=prefix)

@@ -60,7 +60,7 @@ class CodiModel(nn.Module):
         bot_id: int,
         eot_id: int,
         pad_id: int,
-        text_vocab: int | None = None,
+        marker_ids: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.lm = lm
@@ -69,8 +69,9 @@ class CodiModel(nn.Module):
         self.bot_id = bot_id
         self.eot_id = eot_id
         self.pad_id = pad_id
-        # ids from here on are the model's own markers (CODI: pad, bot, eot), never text
-        self.text_vocab = pad_id if text_vocab is None else text_vocab
+        # the model's own markers, never decoded as text (CODI: pad, bot, eot; Coconut: its
+        # three latent tokens, wherever the tokenizer put them)
+        self.marker_ids = tuple(marker_ids) if marker_ids is not None else (pad_id, bot_id, eot_id)
         self.family: Family = family_of(lm)
 
     @property
@@ -185,7 +186,7 @@ class CodiModel(nn.Module):
     ) -> list[list[int]]:
         """Greedy decoding after eot, as CODI's evaluation does; token ids up to eos per row.
 
-        Ids past the text vocabulary (CODI's pad, bot, eot) are never chosen.
+        The model's marker ids (CODI's pad, bot, eot; Coconut's latent tokens) are never chosen.
         """
         state = self.think(input_ids, attention_mask)
         batch = input_ids.shape[0]
@@ -193,11 +194,12 @@ class CodiModel(nn.Module):
         token = input_ids.new_full((batch, 1), self.eot_id)
         outputs: list[list[int]] = [[] for _ in range(batch)]
         done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+        markers = torch.tensor(self.marker_ids, device=input_ids.device)
         for _ in range(max_new):
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             hidden = self._decode(state.cache, mask, position, ids=token)
             logits = self._logits(hidden[:, -1]).float()
-            logits[:, self.text_vocab :] = float("-inf")
+            logits[:, markers] = float("-inf")
             token = logits.argmax(-1, keepdim=True)
             for row in range(batch):
                 if not done[row]:

@@ -6,6 +6,7 @@ what to download and where it goes.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -53,3 +54,30 @@ def weights_file(folder: Path, ref: str, field: str, names: list[str]) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise ModelError(f"{field}: {folder} holds none of {', '.join(names)}")
+
+
+CODE_FILES = ("config.json", "tokenizer_config.json")
+
+
+def refuse_custom_code(folder: Path, field: str) -> None:
+    """A model folder whose config asks for its own Python code (`auto_map`) is refused:
+    nnpatch never runs code from a model folder, whatever the user would answer."""
+    for name in CODE_FILES:
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelError(f"{field}: {file}: unreadable ({type(err).__name__})") from None
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise ModelError(
+                f"{field}: {file} asks for custom code (auto_map); nnpatch never runs code "
+                "from a model folder: use a model of a standard transformers architecture"
+            )
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one short line: its first line, or its type when it says nothing."""
+    text = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+    return text or type(err).__name__

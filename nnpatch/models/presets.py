@@ -92,10 +92,10 @@ def toy_codi(folder: str | Path | None = None, num_thoughts: int | None = None) 
 
 
 def _plain(family: str):
-    def build(**kwargs):
+    def build(answer_prefix: str | None = None):
         from nnpatch.models.causal_lm import tiny_random_lm
 
-        return tiny_random_lm(family)
+        return tiny_random_lm(family, answer_prefix)
 
     return build
 

@@ -16,7 +16,7 @@ from nnpatch.errors import ModelError
 from nnpatch.models.base import ThoughtModel
 from nnpatch.models.checkpoint import KeyReport, load_exactly, merge_lora, read_state_dict
 from nnpatch.models.codi import CodiModel, Projection
-from nnpatch.models.hub import resolve_folder, weights_file
+from nnpatch.models.hub import first_line, refuse_custom_code, resolve_folder, weights_file
 
 CODI_PREFIX = "codi.base_model.model."
 COCONUT_PREFIX = "base_causallm."
@@ -42,10 +42,13 @@ def _base(section):
             "tokenizer, e.g. meta-llama/Llama-3.2-1B-Instruct)"
         )
     folder = resolve_folder(section.base, "model.base", BASE_FILES, section.revision)
+    refuse_custom_code(folder, "model.base")
     try:
-        return AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"model.base: {folder}: {str(err).splitlines()[0][:160]}") from None
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - a broken config or tokenizer file: one line
+        raise ModelError(f"model.base: {folder}: cannot load it ({first_line(err)})") from None
+    return config, tokenizer
 
 
 def _weights(section) -> tuple[str, dict[str, torch.Tensor]]:
@@ -60,7 +63,7 @@ def _weights(section) -> tuple[str, dict[str, torch.Tensor]]:
 def _language_model(config, vocab: int) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     lm.resize_token_embeddings(vocab, mean_resizing=False)
     return lm
 
@@ -103,7 +106,7 @@ def load_coconut(section) -> ThoughtModel:
     path, state = _weights(section)
     report = KeyReport(path)
     tokenizer.add_tokens(COCONUT_TOKENS)
-    start, end, _latent = tokenizer.convert_tokens_to_ids(COCONUT_TOKENS)
+    start, end, latent = tokenizer.convert_tokens_to_ids(COCONUT_TOKENS)
     lm = _language_model(config, len(tokenizer))
     lm_state = {
         k[len(COCONUT_PREFIX) :]: v for k, v in state.items() if k.startswith(COCONUT_PREFIX)
@@ -128,7 +131,7 @@ def load_coconut(section) -> ThoughtModel:
         bot_id=start,
         eot_id=end,
         pad_id=eos,
-        text_vocab=config.vocab_size,
+        marker_ids=(start, end, latent),
     )
     load_exactly(module, {f"lm.{k}": v for k, v in lm_state.items()}, report, _tied(config))
     lm.tie_weights()
@@ -137,7 +140,7 @@ def load_coconut(section) -> ThoughtModel:
         tokenizer,
         section.checkpoint,
         answer_prefix="###",
-        question_suffix="\n",
+        question_style="coconut",
         key_report=report,
     )
 

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from nnpatch.errors import PairsError
+from nnpatch.pairs.jsonl import jsonl_lines, write_pairs_jsonl  # noqa: F401 - re-exported
 from nnpatch.pairs.schema import Pair
 
 # A candidate: an integer in digits, with optional thousands commas, not part of a decimal,
@@ -86,9 +86,7 @@ def read_gsm8k(path: str | Path) -> list[dict]:
     except (OSError, UnicodeDecodeError) as err:
         raise PairsError(f"{path}: cannot read GSM8K file ({err.__class__.__name__})") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
@@ -103,20 +101,17 @@ def read_gsm8k(path: str | Path) -> list[dict]:
     return rows
 
 
-def write_pairs_jsonl(records: list[dict], path: str | Path) -> None:
-    """One JSON object per line; written to a temp file beside `path` then renamed, so a
-    reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def check_distinct_paths(input_path: str | Path, out_path: str | Path) -> None:
+    """The pairs file must not be the GSM8K file it is made from (by any name or link)."""
+    source, target = Path(input_path), Path(out_path)
+    same = source.resolve() == target.resolve()
+    if not same and source.exists() and target.exists():
+        same = os.path.samefile(source, target)
+    if same:
+        raise PairsError(
+            f"--out {out_path} is the --input file itself; writing it would destroy the GSM8K "
+            "data, so nothing was written: choose another --out"
+        )
 
 
 def make_pairs(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nnpatch.errors import PairsError
 from nnpatch.pairs.builtin import BUILTIN
+from nnpatch.pairs.jsonl import jsonl_lines
 from nnpatch.pairs.schema import FIELDS, Pair
 
 GENERATORS = ("gsm8k",)
@@ -67,9 +68,7 @@ def read_jsonl(path: Path) -> list[Pair]:
     except UnicodeDecodeError:
         raise PairsError(f"{path}: not UTF-8 text; save the pairs file as UTF-8") from None
     pairs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         where = f"{path}:{number}"
         try:
             row = json.loads(line)
@@ -83,7 +82,13 @@ def read_jsonl(path: Path) -> list[Pair]:
     return pairs
 
 
+QUESTIONS = ("clean_question", "corrupted_question")
+
+
 def _pair_from_row(row: dict, where: str) -> Pair:
+    """Ids and answers are stripped; questions are kept verbatim, because each model prepares
+    its question as its authors' code does (CODI strips and collapses double spaces, Coconut
+    feeds the raw text)."""
     values = {}
     for field in FIELDS:
         value = row.get(field)
@@ -92,9 +97,10 @@ def _pair_from_row(row: dict, where: str) -> Pair:
                 f"{where}: field {field!r} is missing or not text; every row needs "
                 f"{', '.join(FIELDS)}"
             )
-        values[field] = str(value).strip()
-        if not values[field]:
+        text = str(value)
+        if not text.strip():
             raise PairsError(f"{where}: field {field!r} is empty")
+        values[field] = text if field in QUESTIONS else text.strip()
     return Pair(**values)
 
 
@@ -108,4 +114,9 @@ def check_pairs(pairs: list[Pair], source: str) -> None:
             raise PairsError(
                 f"{source}: pair {pair.id!r} has equal clean and corrupted answers "
                 f"({pair.clean_answer!r}); patching needs answers that differ"
+            )
+        if pair.clean_question.strip() == pair.corrupted_question.strip():
+            raise PairsError(
+                f"{source}: pair {pair.id!r} has the same clean and corrupted question; "
+                "patching needs questions that differ (change one number)"
             )

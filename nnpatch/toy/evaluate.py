@@ -14,7 +14,7 @@ import random
 
 import torch
 
-from nnpatch.models.base import ThoughtModel, last_number
+from nnpatch.models.base import ThoughtModel, answer_is
 from nnpatch.pairs.toy import NUM_OPS, Problem, sample
 
 HELD_OUT_SEED = 10_000  # training draws from random.Random(seed); held-out problems from here
@@ -30,7 +30,7 @@ def accuracy(model: ThoughtModel, problems: list[Problem], batch: int = 256) -> 
     for start in range(0, len(problems), batch):
         chunk = problems[start : start + batch]
         answers = model.greedy_answers([p.question for p in chunk], max_new=8)
-        correct += sum(last_number(a) == str(p.answer) for a, p in zip(answers, chunk, strict=True))
+        correct += sum(answer_is(a, str(p.answer)) for a, p in zip(answers, chunk, strict=True))
     return correct / len(problems)
 
 

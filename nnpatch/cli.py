@@ -98,13 +98,16 @@ def run(
             resume = (Path(resume_dir), manifest)
         else:
             prep = prepare(recipe, list(overrides), limit, out)
-        rows = len(prep.plan) * len(prep.pairs)
-        click.echo(
-            f"{prep.model.name}: {len(prep.pairs)} pairs × {len(prep.plan)} patches "
-            f"= {rows} rows, batch {prep.recipe.run.batch_size}",
-            err=True,
-        )
-        finished = execute(prep, progress=_progress, resume=resume)
+
+        def start(total: int):  # once the sweep begins: what it is, then the bar
+            click.echo(
+                f"{prep.model.name}: {len(prep.pairs)} pairs, {len(prep.plan)} patches per "
+                f"pair, {total} rows, batch {prep.recipe.run.batch_size}",
+                err=True,
+            )
+            return _progress(total)
+
+        finished = execute(prep, progress=start, resume=resume)
         click.echo(render_summary(prep, finished))
         if "error" in finished.report:
             click.echo(
@@ -148,11 +151,12 @@ def inspect(recipe: str, overrides: tuple[str, ...]) -> None:
 
     with _errors():
         loaded = load_recipe(recipe, list(overrides))
+        description = describe(loaded, recipe)
         click.echo(
             f"recipe {recipe}: {loaded.name}, mode {loaded.patch.mode}, "
             f"site {loaded.patch.site}, direction {loaded.patch.direction}"
         )
-        click.echo(describe(loaded, recipe))
+        click.echo(description)
 
 
 @main.command()

@@ -26,10 +26,7 @@ def describe(recipe: Recipe, source: str | Path) -> str:
     missing = _unavailable(section)
     if missing:
         raise ModelError(f"{source}: cannot load the model ({what}): " + " | ".join(missing))
-    try:
-        model = build_model(section, source)
-    except ModelError as err:
-        raise ModelError(f"cannot load the model ({what}): {err}") from None
+    model = build_model(section, source)  # its errors name the recipe and the field
     module = model.module
     config = getattr(module, "lm", module).config
     params = sum(p.numel() for p in module.parameters())

@@ -63,14 +63,17 @@ def alive(manifest: dict) -> bool:
 
 
 def not_finished(run_dir: Path, manifest: dict) -> str:
-    """Why a folder that is not `finished` has no results to read, with what to do."""
+    """Why a folder that is not `finished` has no results yet, and what to do about it."""
     status = manifest.get("status")
     resume = f"continue it with: nnpatch run --resume {run_dir}"
     if status == "running" and alive(manifest):
-        return f"{run_dir}: still running as process {manifest['pid']}; wait for it to finish"
+        return f"{run_dir}: not finished: still running as process {manifest['pid']}; wait for it"
     if status == "running":
-        return f"{run_dir}: its run stopped without finishing (killed or crashed); {resume}"
+        return f"{run_dir}: not finished: its process is gone (killed or crashed); {resume}"
     if status in ("interrupted", "failed"):
         error = manifest.get("error")
-        return f"{run_dir}: the run {status}" + (f" ({error})" if error else "") + f"; {resume}"
+        why = error if status == "interrupted" and error else status
+        if status == "failed" and error:
+            why = f"failed: {error}"
+        return f"{run_dir}: not finished: {why}; {resume}"
     return f"{run_dir}/manifest.json: status {status!r} is not one nnpatch writes; start a new run"

@@ -28,7 +28,6 @@ from nnpatch.metrics import METRICS
 # strict scalars: `num_thoughts = true` or `batch_size = 2.0` is an error, not 1 or 2
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]
-Bool = Annotated[bool, Strict()]
 Position = Int | Literal["bot", "eot"]
 Positions = Literal["all"] | list[Annotated[Position, Field(union_mode="left_to_right")]]
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -181,7 +180,14 @@ class RunSection(Strict):
     output: str = Field(default="outputs", min_length=1)
     seed: Int = 0
     # true: every traced forward runs on NDIF; "local": serialised as for NDIF, run here
-    remote: Bool | Literal["local"] = False
+    remote: bool | Literal["local"] = False
+
+    @field_validator("remote", mode="before")
+    @classmethod
+    def _remote_choice(cls, value: object) -> object:
+        if value is not True and value is not False and value != "local":
+            raise ValueError("use true, false or 'local'")
+        return value
 
 
 class Recipe(Strict):
@@ -224,19 +230,38 @@ def validate_recipe(raw: dict[str, Any], path: str | Path = "<recipe>") -> Recip
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
+        first = _most_specific(err.errors())
         field = _dotted(first["loc"]) or "(top)"
         problem = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             problem = "unknown key"
             fix = "remove it or check its spelling against the README's recipe reference"
-        elif first["type"] == "missing":
-            fix = "add it"
+        elif first["type"] in ("missing", "union_tag_not_found"):
+            field = f"{field}.mode" if first["type"] == "union_tag_not_found" else field
+            problem, fix = "Field required", "add it"
+        elif first["type"] == "union_tag_invalid":
+            field = f"{field}.mode"
+            problem = f"unknown mode {first['ctx']['tag']!r}"
+            fix = f"use one of {first['ctx']['expected_tags']}"
         else:
             fix = f"got {first.get('input')!r}"
         raise RecipeError(path, field, problem, fix) from None
     _check_applicable(recipe, path)
     return recipe
+
+
+def _most_specific(errors: list[dict]) -> dict:
+    """The error to report for the first field that failed. A union such as `"all" | [0, 1]`
+    fails in each branch; the deepest branch (inside the list) says what is wrong, and
+    among those, the branch of the input's own kind (a string: the named positions)."""
+    field = _dotted(errors[0]["loc"])
+    same = [e for e in errors if _dotted(e["loc"]) == field]
+
+    def fit(error: dict) -> tuple[int, bool]:
+        textual = isinstance(error.get("input"), str)
+        return len(error["loc"]), textual == (error["type"] == "literal_error")
+
+    return max(same, key=fit)
 
 
 def _check_applicable(recipe: Recipe, path: str | Path) -> None:
@@ -265,7 +290,8 @@ def _dotted(loc: tuple) -> str:
     parts = [str(p) for p in loc]
     if len(parts) > 1 and parts[0] == "patch" and parts[1] in MODES:
         del parts[1]
-    return ".".join(p for p in parts if "[" not in p and p not in ("int", "str", "bool", "float"))
+    tags = ("int", "str", "bool", "float")
+    return ".".join(p for p in parts if "[" not in p and p not in tags and not p.isdigit())
 
 
 def apply_override(raw: dict[str, Any], item: str, path: str | Path) -> None:

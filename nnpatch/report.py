@@ -22,6 +22,13 @@ from nnpatch.results import cell_label, lead_metric, top_cells
 from nnpatch.rundir import write_bytes, write_text
 
 TOP = 10
+RUN_FILES = (
+    "results.parquet",
+    "baselines.parquet",
+    "summary.parquet",
+    "resolved.json",
+    "recipe.toml",
+)
 BUNDLE = "vega-bundle.js"  # Vega, Vega-Lite and vega-embed, so charts render offline
 
 
@@ -58,8 +65,11 @@ def load_run(path: str | Path, manifest: dict | None = None) -> Run:
         manifest = read_manifest(path)
         require(manifest, path, {"status": str})
         if manifest["status"] != "finished":
-            raise RunFolderError(not_finished(path, manifest) + " before reporting it")
+            raise RunFolderError(not_finished(path, manifest))
     require(manifest, path, {"model": dict, "pairs": dict, "versions": dict})
+    for name in RUN_FILES:
+        if not (path / name).is_file():
+            raise RunFolderError(f"{path}: not a finished run folder ({name} is missing)")
     try:
         resolved = json.loads((path / "resolved.json").read_text(encoding="utf-8"))
         tables = [
@@ -67,10 +77,6 @@ def load_run(path: str | Path, manifest: dict | None = None) -> Run:
             for name in ("results", "baselines", "summary")
         ]
         recipe_text = (path / "recipe.toml").read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise RunFolderError(
-            f"{path}: not a finished run folder ({Path(err.filename).name} is missing)"
-        ) from None
     except (OSError, ValueError, pl.exceptions.PolarsError) as err:
         raise RunFolderError(
             f"{path}: a file of the run is unreadable ({_first_line(err)}); the folder is damaged"

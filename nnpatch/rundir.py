@@ -40,8 +40,10 @@ def _atomic(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            err.filename = str(path)  # the file the user knows, not its temporary
         raise
 
 

@@ -25,7 +25,14 @@ import nnpatch
 from nnpatch import rundir
 from nnpatch.attribution import estimate, verify_cells
 from nnpatch.engine import Engine, PairAnswers
-from nnpatch.errors import BaselineError, FolderError, ModelError, PairsError, RecipeError
+from nnpatch.errors import (
+    BaselineError,
+    FolderError,
+    ModelError,
+    PairsError,
+    RecipeError,
+    Terminated,
+)
 from nnpatch.fingerprint import fingerprint
 from nnpatch.models import ModelShape, ThoughtModel, build_model, model_shape
 from nnpatch.models.base import answer_is
@@ -262,8 +269,11 @@ def _new_folder(prep: Prepared, prints: dict) -> tuple[Path, dict]:
     except BaseException as err:
         shutil.rmtree(path, ignore_errors=True)
         if isinstance(err, OSError):
-            then = "nothing was run; free some space or choose another run.output"
-            raise FolderError.from_os(err, then) from None
+            raise FolderError(
+                f"{recipe.run.output}: cannot write a run folder there "
+                f"({err.strerror or type(err).__name__}); nothing was run: free some space "
+                "or choose another run.output (or --out)"
+            ) from None
         raise
     return path, manifest
 
@@ -304,9 +314,11 @@ def _report(path: Path, manifest: dict) -> dict:
 
 
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
+    if isinstance(err, Terminated):
+        return f"interrupted by {err.name}"
     if isinstance(err, KeyboardInterrupt):
-        return f"interrupted ({text})" if text else "interrupted (Ctrl-C)"
+        return "interrupted by Ctrl-C"
+    text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 

@@ -75,8 +75,10 @@ class ShardStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, final)
-        except BaseException:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                err.filename = str(final)  # the file the user knows, not its temporary
             raise
 
     def remove(self) -> None:

@@ -29,6 +29,9 @@ def build_model(
             return load_remote_causal_lm(section)
         except ModelError as err:
             raise ModelError(f"{source}: {err}") from None
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # nnpatch says what it loads, in one line
     device = _device(section.device, source)
     if section.preset is not None:
         model = _preset(section, source)

@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from nnpatch.errors import PairsError
+
 
 def jsonl_lines(text: str) -> list[tuple[int, str]]:
     """(line number, line) of the non-blank lines of JSONL text. Lines end at "\\n" only:
@@ -18,6 +20,9 @@ def write_pairs_jsonl(records: list[dict], path: str | Path) -> None:
     """One JSON object per line; written to a temp file beside `path` then renamed, so a
     reader never sees a half-written file."""
     path = Path(path)
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise PairsError(f"--out {path}: {above} is a file, not a folder; choose another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -61,9 +61,9 @@ def forward_one(model, question: str, answer: list[int], hooks=()):
     return logits[len(prompt) - 1 : len(prompt) - 1 + len(answer)].double().numpy(), len(head)
 
 
-def reference(model, specs, site: str, direction: str) -> dict:
+def reference(model, specs, site: str, direction: str, pairs=PAIRS) -> dict:
     rows = {}
-    for pair in PAIRS:
+    for pair in pairs:
         clean = model.answer_ids(pair["clean_answer"])
         corrupt = model.answer_ids(pair["corrupted_answer"])
         donor_q, receiver_q = pair["clean_question"], pair["corrupted_question"]
@@ -239,3 +239,94 @@ def test_prompt_without_markers_is_one_span(tmp_path):
         )
     )
     assert results.height == 1 and results["logit_diff"].is_finite().all()
+
+
+def test_positions_run_to_the_longest_span_and_rows_past_a_span_are_left_out(tmp_path):
+    """Spans of 5, 15 and 6 tokens: `positions = "all"` is 0..14; each pair has rows only
+    inside its own span (and its control donor's), counted on screen; the rows inside equal
+    the hook reference, so nothing is patched at a token outside a span."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS)
+    recipe = write_recipe(
+        tmp_path,
+        model={"preset": "tiny-random-gpt2"},
+        data={"pairs": str(pairs)},
+        patch={"mode": "single", "layers": [0]},
+    )
+    result = CliRunner().invoke(main, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "note: spans differ in length (5 to 15 tokens): 19 of 45 patched rows lie past their "
+        "pair's span and are left out"
+    ) in result.output
+    (folder,) = (tmp_path / "outputs" / "test").iterdir()
+    results = pl.read_parquet(folder / "results.parquet")
+    spans = dict(
+        pl.read_parquet(folder / "baselines.parquet").select("pair_id", "span_tokens").iter_rows()
+    )
+    assert spans == {"a": 5, "b": 15, "c": 6}
+    ids = {p["id"] for p in PAIRS}
+    for row in results.iter_rows(named=True):
+        assert int(row["position"]) < min(spans[row["pair_id"]], spans[row["donor_id"]])
+        assert row["pair_id"] in ids
+    real = results.filter(~pl.col("control"))
+    assert real.height == 5 + 15 + 6
+    n = dict(
+        pl.read_parquet(folder / "summary.parquet")
+        .filter(pl.col("metric") == "logit_diff")
+        .select("position", "n")
+        .iter_rows()
+    )
+    assert (n["4"], n["5"], n["14"]) == (3, 2, 1)
+    from nnpatch.plan import PatchSpec
+
+    long_pair = [p for p in PAIRS if p["id"] == "b"]
+    specs = [PatchSpec(0, (str(t),)) for t in (5, 10, 14)]
+    expected = reference(tiny_random_lm("gpt2"), specs, "resid", "denoise", long_pair)
+    for spec in specs:
+        row = real.filter((pl.col("pair_id") == "b") & (pl.col("position") == spec.positions[0]))
+        want = expected[("b", 0, spec.positions)]
+        for name in METRICS:
+            np.testing.assert_allclose(row[name][0], want[name], rtol=1e-4, atol=1e-4)
+
+
+def test_rows_record_the_patched_span_token(tmp_path):
+    """token_index is the token's index in the receiver's prompt, token its text."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS)
+    recipe = write_recipe(
+        tmp_path,
+        model={"preset": "tiny-random-gpt2"},
+        data={"pairs": str(pairs)},
+        patch={"mode": "single", "layers": [1], "positions": [0, 2, 4], "control": "none"},
+    )
+    results = run_recipe(recipe)
+    model = tiny_random_lm("gpt2")
+    by_id = {p["id"]: p for p in PAIRS}
+    for row in results.iter_rows(named=True):
+        head, span, _ = model.pieces(by_id[row["pair_id"]]["corrupted_question"])
+        t = int(row["position"])
+        assert row["token_index"] == len(head) + t
+        assert row["token"] == model.tokenizer.decode([span[t]])
+    assert set(results.filter(pl.col("pair_id") == "a")["token"]) == {"5", "4", "9"}
+
+
+def test_an_empty_answer_prefix_means_none(tmp_path):
+    """answer_prefix = "" is no prefix (the answer follows the prompt), not the default; the
+    rows equal the hook reference run with no prefix."""
+    model = tiny_random_lm("gpt2", answer_prefix="")
+    assert model.prefix_ids() == [] and tiny_random_lm("gpt2").prefix_ids() != []
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS)
+    recipe = write_recipe(
+        tmp_path,
+        model={"preset": "tiny-random-gpt2", "answer_prefix": ""},
+        data={"pairs": str(pairs)},
+        patch={"mode": "single", "layers": [0], "positions": [1, 3], "control": "none"},
+    )
+    results = run_recipe(recipe)
+    from nnpatch.plan import PatchSpec
+
+    specs = [PatchSpec(0, ("1",)), PatchSpec(0, ("3",))]
+    expected = reference(model, specs, "resid", "denoise")
+    for row in results.iter_rows(named=True):
+        want = expected[(row["pair_id"], 0, tuple(row["positions"]))]
+        for name in METRICS:
+            np.testing.assert_allclose(row[name], want[name], rtol=1e-4, atol=1e-4)

@@ -69,3 +69,41 @@ def test_bad_pairs(tmp_path, rows, match):
     write_pairs(tmp_path / "p.jsonl", rows)
     with pytest.raises(PairsError, match=match):
         load_pairs("p.jsonl", tmp_path)
+
+
+def test_line_and_paragraph_separators_inside_strings_are_read(tmp_path):
+    """JSONL lines end at "\\n" only: U+2028, U+2029, U+0085 and a form feed inside a
+    question (as nnpatch's own generator writes them, unescaped) are part of the text."""
+    import json
+
+    from nnpatch.pairs import read_jsonl
+
+    odd = "Tom has 3 coins.\u2028Then\u2029he finds\x85 4\x0c more."
+    row = {
+        "id": "a",
+        "clean_question": odd,
+        "clean_answer": "7",
+        "corrupted_question": odd.replace("3", "5"),
+        "corrupted_answer": "9",
+    }
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    (pair,) = read_jsonl(path)
+    assert pair.clean_question == odd
+
+
+def test_generated_gsm8k_pairs_with_separators_read_back(tmp_path):
+    """`nnpatch pairs gsm8k` writes what nnpatch then reads, U+2028 in a question included."""
+    from nnpatch.pairs import load_pairs
+    from nnpatch.pairs.gsm8k import make_pairs, write_pairs_jsonl
+
+    rows = [
+        {
+            "question": "Tom has 12 coins.\u2028He finds 3 more. How many coins?",
+            "answer": "12 + 3 = <<12+3=15>>15\n#### 15",
+        }
+    ]
+    records, _ = make_pairs(rows)
+    write_pairs_jsonl(records, tmp_path / "pairs.jsonl")
+    (pair,) = load_pairs("pairs.jsonl", tmp_path)
+    assert "\u2028" in pair.clean_question and pair.clean_question == rows[0]["question"]

@@ -38,7 +38,7 @@ def test_recipe_is_frozen(tmp_path):
     [
         ({"patch": {"mode": "single", "stie": "resid"}}, r"patch\.stie: unknown key"),
         ({"patch": {"mode": "single", "site": "residual"}}, r"patch\.site: .*'resid'"),
-        ({"patch": {"mode": "diagonal"}}, r"patch: .*single"),
+        ({"patch": {"mode": "diagonal"}}, r"patch\.mode: .*single"),
         ({"patch": {"mode": "single", "sets": [[0]]}}, r"patch\.sets: unknown key"),
         ({"patch": {"mode": "single", "layers": "some"}}, r"patch\.layers"),
         ({"patch": {"mode": "sets", "sets": [[]]}}, r"patch\.sets: .*at least one position"),

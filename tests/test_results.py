@@ -102,3 +102,50 @@ def test_control_can_be_turned_off(tmp_path):
     recipe = write_recipe(tmp_path, patch={"mode": "layer", "control": "none"})
     results = pl.read_parquet(execute(prepare(recipe)).path / "results.parquet")
     assert not results["control"].any() and results.height == 3 * 4
+
+
+def test_recipe_copy_is_the_file_byte_for_byte(tmp_path):
+    """CRLF line ends, a BOM-free UTF-8 comment and trailing spaces survive into the run."""
+    text = write_recipe(tmp_path).read_text()
+    data = ("# café  \r\n" + text.replace("\n", "\r\n")).encode("utf-8")
+    recipe = tmp_path / "crlf.toml"
+    recipe.write_bytes(data)
+    finished = execute(prepare(recipe))
+    assert (finished.path / "recipe.toml").read_bytes() == data
+
+
+def test_a_single_pair_says_no_control_could_be_made(tmp_path):
+    """random-donor needs another pair: with one, the manifest and the screen say so."""
+    from click.testing import CliRunner
+
+    from nnpatch.cli import main
+
+    result = CliRunner().invoke(main, ["run", str(write_recipe(tmp_path)), "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    (manifest,) = (tmp_path / "outputs").glob("*/*/manifest.json")
+    note = (
+        "control: not made: the random-donor control needs at least 2 pairs and this run has "
+        "1; no cell is compared with a noise floor"
+    )
+    assert json.loads(manifest.read_text())["notes"] == [note]
+    assert f"note: {note}" in result.output
+    results = pl.read_parquet(manifest.parent / "results.parquet")
+    assert not results["control"].any()
+
+
+def test_codi_rows_name_their_patched_tokens(tmp_path, llama):
+    """token_index is the position's index in the receiver's unpadded sequence (bot at n,
+    thought t at n+1+t, eot at n+K+1) and token its name; lists align with positions."""
+    from nnpatch.pairs.builtin import tiny_arithmetic
+
+    recipe = write_recipe(
+        tmp_path, patch={"mode": "single", "positions": ["bot", 0, 5, "eot"], "layers": [0]}
+    )
+    results = pl.read_parquet(execute(prepare(recipe)).path / "results.parquet")
+    by_id = {p.id: p for p in tiny_arithmetic()}
+    for row in results.iter_rows(named=True):
+        n = len(llama.question_ids(by_id[row["pair_id"]].corrupted_question)) - 1
+        index = {"bot": n, "0": n + 1, "5": n + 6, "eot": n + 7}[row["position"]]
+        name = {"bot": "<bot>", "0": "<thought 0>", "5": "<thought 5>", "eot": "<eot>"}
+        assert (row["token_index"], row["token"]) == (index, name[row["position"]])
+        assert row["token_indices"] == [index] and row["tokens"] == [row["token"]]

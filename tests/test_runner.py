@@ -120,3 +120,20 @@ def test_both_correct_filter_compares_numerically(tmp_path):
     )
     kept, counts = _keep_both_correct(Decoder(), pairs, {}, recipe, tmp_path / "r.toml")
     assert [p.id for p in kept] == ["a"] and counts["filter_dropped"] == 1
+
+
+def test_every_transformers_load_refuses_remote_code():
+    """Each from_pretrained / from_config / TransformersModel call in nnpatch passes
+    trust_remote_code=False (the folder check refuses auto_map before any of them)."""
+    calls = re.compile(r"(from_pretrained|from_config|TransformersModel)\(")
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        for match in calls.finditer(text):
+            if match.group(1) == "TransformersModel" and "self.module" in text[match.end() :][:20]:
+                continue  # wraps a module already built here: nothing is loaded
+            call = text[match.end() : text.index(")\n", match.end())]
+            if "trust_remote_code=False" not in call:
+                line = text[: match.start()].count("\n") + 1
+                offenders.append(f"{path.relative_to(PACKAGE)}:{line}")
+    assert not offenders

@@ -112,3 +112,15 @@ def test_pairs_files_keep_questions_verbatim(tmp_path):
     (pair,) = read_jsonl(write_pairs(tmp_path / "p.jsonl", [row]))
     assert (pair.id, pair.clean_answer, pair.corrupted_answer) == ("a", "3", "5")
     assert pair.clean_question == "Tom has  3 coins. "
+
+
+def test_the_original_experiments_pairs_that_change_under_codi_preparation():
+    """Of the 57 GSM8K pairs `recipes/gsm8k-llama1b` generates, 14 have a double space: the
+    pairs whose every activation differed from CODI's before its preparation was matched."""
+    if not GSM8K.exists():
+        pytest.skip("GSM8K data not beside the repo")
+    from nnpatch.pairs.gsm8k import make_pairs, read_gsm8k
+
+    records, _ = make_pairs(read_gsm8k(GSM8K), n=57, seed=0)
+    assert len(records) == 57
+    assert sum("  " in r["clean_question"] for r in records) == 14

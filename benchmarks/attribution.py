@@ -21,11 +21,11 @@ import time
 import numpy as np
 import torch
 
-from nnpatch.attribution import estimate
-from nnpatch.engine import Engine
+from nnpatch.engine.gradients import estimate
+from nnpatch.engine.plan import PatchSpec
+from nnpatch.engine.trace import Engine
 from nnpatch.models.presets import PRESETS
 from nnpatch.pairs.builtin import BUILTIN
-from nnpatch.plan import PatchSpec
 
 METRICS = ["recovery"]
 

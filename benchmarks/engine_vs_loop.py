@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from reference import reference_rows  # noqa: E402
 
-from nnpatch.engine import Engine  # noqa: E402
-from nnpatch.metrics import METRICS  # noqa: E402
+from nnpatch.engine.metrics import METRICS  # noqa: E402
+from nnpatch.engine.plan import PatchSpec  # noqa: E402
+from nnpatch.engine.trace import Engine  # noqa: E402
 from nnpatch.models.presets import PRESETS  # noqa: E402
 from nnpatch.pairs.builtin import tiny_arithmetic  # noqa: E402
-from nnpatch.plan import PatchSpec  # noqa: E402
 
 
 def engine_sweep(model, pairs, specs, batch_size: int) -> tuple[float, torch.Tensor]:

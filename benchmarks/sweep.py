@@ -30,13 +30,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's progress bar
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from nnpatch.engine import Engine
+from nnpatch.engine.plan import PatchSpec, by_first_position
+from nnpatch.engine.trace import Engine
 from nnpatch.models.base import ThoughtModel
 from nnpatch.models.codi import CodiModel, Projection
 from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
 from nnpatch.pairs import Pair
 from nnpatch.pairs.builtin import tiny_arithmetic
-from nnpatch.plan import PatchSpec, by_first_position
 
 SHAPES = {
     "tiny": (

@@ -17,14 +17,14 @@ _LAZY = {
     "Recipe": "nnpatch.recipe",
     "build_model": "nnpatch.models",
     "ThoughtModel": "nnpatch.models",
-    "prepare": "nnpatch.runner",
-    "execute": "nnpatch.runner",
+    "prepare": "nnpatch.run.prepare",
+    "execute": "nnpatch.run.execute",
     "Pair": "nnpatch.pairs",
     "load_pairs": "nnpatch.pairs",
-    "load_run": "nnpatch.report",
-    "Run": "nnpatch.report",
+    "load_run": "nnpatch.report.load",
+    "Run": "nnpatch.report.load",
 }
-_MODULES = {"charts": "nnpatch.charts"}  # chart functions for notebooks
+_MODULES = {"charts": "nnpatch.report.charts"}  # chart functions for notebooks
 
 __all__ = [
     "ModelError",

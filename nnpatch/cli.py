@@ -80,9 +80,10 @@ def run(
 ) -> None:
     from pathlib import Path
 
-    from nnpatch.report_text import render_summary
-    from nnpatch.resume import resume_source
-    from nnpatch.runner import execute, prepare
+    from nnpatch.report.screen import render_summary
+    from nnpatch.run.execute import execute
+    from nnpatch.run.prepare import prepare
+    from nnpatch.run.resume import resume_source
 
     if (recipe is None) == (resume_dir is None):
         raise click.UsageError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
@@ -126,7 +127,7 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     Checks the schema, the pairs, and the patch cells against the model's layers and
     thoughts when its config is reachable (a note says so when it is not).
     """
-    from nnpatch.runner import check
+    from nnpatch.run.prepare import check
 
     with _errors():
         checked = check(recipe, list(overrides))
@@ -146,7 +147,7 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
 @SET_OPTION
 def inspect(recipe: str, overrides: tuple[str, ...]) -> None:
     """Load a RECIPE's model and describe it: layers, sites, positions, ids, key accounting."""
-    from nnpatch.inspect_model import describe
+    from nnpatch.models.describe import describe
     from nnpatch.recipe import load_recipe
 
     with _errors():
@@ -163,7 +164,7 @@ def inspect(recipe: str, overrides: tuple[str, ...]) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report(run_dir: str) -> None:
     """Re-render a finished RUN_DIR's charts, report.html and summary.md from its tables."""
-    from nnpatch.report import render
+    from nnpatch.report.page import render
 
     with _errors():
         rendered = render(run_dir)
@@ -187,7 +188,7 @@ def compare(run_a: str, run_b: str, out: str | None, seed: int) -> None:
     """Difference heatmaps A - B with bootstrap CIs (paired when the runs share pairs)."""
     from pathlib import Path
 
-    from nnpatch.compare import compare_runs
+    from nnpatch.report.compare import compare_runs
 
     with _errors():
         target = (

@@ -1,7 +1,8 @@
 """Recipes: a TOML file → a frozen, validated `Recipe`.
 
-Recipes are data: no field is evaluated or imported. Checks that need the model (layer and
-position ranges) happen in `nnpatch.plan`, before any run folder is made.
+Recipes are data: no field is evaluated or imported. The [patch] table's sections come from
+the analysis modes (`nnpatch.engine.modes`); checks that need the model (layer and position
+ranges) happen in each mode's plan, before any run folder is made.
 """
 
 from __future__ import annotations
@@ -10,34 +11,19 @@ import difflib
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    Strict,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from nnpatch.engine.metrics import METRICS
+from nnpatch.engine.modes import MODES, SECTIONS
 from nnpatch.errors import RecipeError
-from nnpatch.metrics import METRICS
+from nnpatch.fields import Float, Int, Section
 
-# strict scalars: `num_thoughts = true` or `batch_size = 2.0` is an error, not 1 or 2
-Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]
-Position = Int | Literal["bot", "eot"]
-Positions = Literal["all"] | list[Annotated[Position, Field(union_mode="left_to_right")]]
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSection(Strict):
+class ModelSection(Section):
     preset: str | None = None
     kind: Literal["codi", "coconut", "causal_lm"] | None = None
     checkpoint: str | None = None
@@ -80,7 +66,7 @@ KIND_FIELDS = {
 }
 
 
-class DataSection(Strict):
+class DataSection(Section):
     pairs: str = Field(min_length=1)  # a JSONL file, a built-in set, or a generator ("gsm8k")
     source: str | None = None  # the generator's input file (gsm8k: a GSM8K JSONL file)
     seed: Int = 0  # the generator's seed
@@ -90,75 +76,11 @@ class DataSection(Strict):
     filter: Literal["none", "both-correct"] = "none"
 
 
-class PatchCommon(Strict):
-    site: Literal["resid", "attn", "mlp", "thought"] = "resid"
-    layers: Literal["all"] | Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)] = (
-        "all"
-    )
-    positions: Positions = "all"
-    direction: Literal["denoise", "noise"] = "denoise"
-    # noise floor: the same cells patched from a mismatched pair (seeded derangement)
-    control: Literal["random-donor", "none"] = "random-donor"
+# the [patch] table: one section per mode, each declared by its mode's module
+Patch = Annotated[Union[SECTIONS], Field(discriminator="mode")]  # noqa: UP007
 
 
-class SinglePatch(PatchCommon):
-    """One (layer, position) cell per row."""
-
-    mode: Literal["single"]
-
-
-class LayerPatch(PatchCommon):
-    """Every selected position at one layer per row."""
-
-    mode: Literal["layer"]
-
-
-class ChainedPatch(PatchCommon):
-    """Cumulative prefixes of the selected positions (t ≤ k) at one layer per row."""
-
-    mode: Literal["chained"]
-
-
-class SetsPatch(PatchCommon):
-    """Explicit position sets at one layer per row."""
-
-    mode: Literal["sets"]
-    sets: list[list[Annotated[Position, Field(union_mode="left_to_right")]]] = Field(min_length=1)
-
-    @field_validator("sets")
-    @classmethod
-    def _distinct_nonempty_sets(cls, sets: list[list[Position]]) -> list[list[Position]]:
-        if any(len(s) == 0 for s in sets):
-            raise ValueError("every set needs at least one position")
-        seen: dict[frozenset, int] = {}
-        for index, group in enumerate(sets):
-            key = frozenset(map(str, group))
-            if key in seen:
-                raise ValueError(
-                    f"sets {seen[key]} and {index} are the same set of positions; list each "
-                    "set once (a repeated set would count its pairs twice)"
-                )
-            seen[key] = index
-        return sets
-
-
-class AttributionPatch(PatchCommon):
-    """Every (layer, position) cell estimated by attribution patching (gradients), then the
-    `verify_top` cells with the largest estimated effect patched exactly."""
-
-    mode: Literal["attribution"]
-    verify_top: Int = Field(default=10, ge=0)
-    control: Literal["none"] = "none"  # estimates have no random-donor control
-
-
-MODES = ("single", "layer", "chained", "sets", "attribution")
-Patch = Annotated[
-    SinglePatch | LayerPatch | ChainedPatch | SetsPatch | AttributionPatch,
-    Field(discriminator="mode"),
-]
-
-
-class MetricsSection(Strict):
+class MetricsSection(Section):
     names: list[str] = Field(default_factory=lambda: list(METRICS), min_length=1)
 
     @field_validator("names")
@@ -175,7 +97,7 @@ class MetricsSection(Strict):
         return names
 
 
-class RunSection(Strict):
+class RunSection(Section):
     batch_size: Int = Field(default=64, ge=1, le=65536)
     output: str = Field(default="outputs", min_length=1)
     seed: Int = 0
@@ -190,7 +112,7 @@ class RunSection(Strict):
         return value
 
 
-class Recipe(Strict):
+class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     model: ModelSection
     data: DataSection

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from nnpatch.models.presets import tiny_random_codi  # noqa: E402
+from nnpatch.models.tiny import tiny_random_codi  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -180,7 +180,7 @@ SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGHUP": signal.SIGHUP, "SIGINT": signal.
 
 def remote_code_folder(folder: Path) -> Path:
     """A model folder whose config asks for custom code that would leave a marker if run."""
-    from nnpatch.models.causal_lm import tiny_random_lm
+    from nnpatch.models.tiny import tiny_random_lm
 
     model = tiny_random_lm("gpt2")
     model.module.save_pretrained(folder)
@@ -194,7 +194,7 @@ def remote_code_folder(folder: Path) -> Path:
 
 
 def bad_tokenizer_folder(folder: Path) -> None:
-    from nnpatch.models.causal_lm import tiny_random_lm
+    from nnpatch.models.tiny import tiny_random_lm
 
     model = tiny_random_lm("gpt2")
     model.module.save_pretrained(folder)
@@ -206,11 +206,11 @@ def finished_and_interrupted(tmp: Path) -> tuple[Path, Path]:
     """A finished sweep and the same sweep stopped by Ctrl-C after one batch (shards kept)."""
     import pytest
 
-    from nnpatch.runner import execute, prepare
+    from nnpatch.run.execute import execute
+    from nnpatch.run.prepare import prepare
 
-    recipe = (
-        write_recipe(tmp / "runs", name="sweep", **RUN) if (tmp / "runs").mkdir() is None else None
-    )
+    (tmp / "runs").mkdir()
+    recipe = write_recipe(tmp / "runs", name="sweep", **RUN)
     finished = execute(prepare(recipe)).path
 
     def stop_after_one(total: int):

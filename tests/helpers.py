@@ -7,7 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from nnpatch.runner import execute, prepare
+from nnpatch.run.execute import execute
+from nnpatch.run.prepare import prepare
 
 
 def toml_value(value) -> str:

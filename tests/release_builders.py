@@ -14,7 +14,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from nnpatch.models.presets import tiny_lm
+from nnpatch.models.tiny import tiny_lm
 from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
 
 TARGETS = {

@@ -9,14 +9,15 @@ import polars as pl
 import torch
 from helpers import write_recipe
 
-from nnpatch.attribution import estimate
-from nnpatch.engine import Engine
-from nnpatch.models.causal_lm import tiny_random_lm
+from nnpatch.engine.gradients import estimate
+from nnpatch.engine.plan import PatchSpec
+from nnpatch.engine.trace import Engine
 from nnpatch.models.presets import PRESETS
+from nnpatch.models.tiny import tiny_random_lm
 from nnpatch.pairs import Pair
 from nnpatch.pairs.builtin import tiny_arithmetic
-from nnpatch.plan import PatchSpec
-from nnpatch.runner import execute, prepare
+from nnpatch.run.execute import execute
+from nnpatch.run.prepare import prepare
 
 LINEAR = ["logit_diff", "recovery"]
 

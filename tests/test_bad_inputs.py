@@ -725,7 +725,7 @@ def fault_cases(tmp: Path, sweep: str) -> list[Case]:
             folder=tmp / "faults" / "report-int",
             status="interrupted",
             mid_run=True,
-            fault=keyboard_interrupt_in("nnpatch.runner", "render_report"),
+            fault=keyboard_interrupt_in("nnpatch.run.execute", "render_report"),
         ),
         Case(
             "disk full writing a shard",
@@ -734,7 +734,7 @@ def fault_cases(tmp: Path, sweep: str) -> list[Case]:
             folder=tmp / "faults" / "full-shard",
             status="failed",
             mid_run=True,
-            fault=disk_full_in("nnpatch.shards", "open"),
+            fault=disk_full_in("nnpatch.run.shards", "open"),
         ),
         Case(
             "disk full writing the tables",
@@ -743,19 +743,19 @@ def fault_cases(tmp: Path, sweep: str) -> list[Case]:
             folder=tmp / "faults" / "full-tables",
             status="failed",
             mid_run=True,
-            fault=disk_full_in("nnpatch.rundir", "_atomic", after=4),
+            fault=disk_full_in("nnpatch.run.folder", "_atomic", after=4),
         ),
         Case(
             "disk full before the run starts",
             [*run, *out("full-start")],
             "?",
-            fault=disk_full_in("nnpatch.rundir", "_atomic"),
+            fault=disk_full_in("nnpatch.run.folder", "_atomic"),
         ),
         Case(
             "folder uncreatable",
             [*run, *out("mk")],
             "?",
-            fault=disk_full_in("nnpatch.rundir", "new_run_dir"),
+            fault=disk_full_in("nnpatch.run.folder", "new_run_dir"),
         ),
         Case(
             "a model folder that asks for its own code",

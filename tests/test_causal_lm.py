@@ -11,8 +11,8 @@ from helpers import run_recipe, write_pairs, write_recipe
 from reference import SUBMODULES, answer_view, metrics, patcher, recorder
 
 from nnpatch.cli import main
-from nnpatch.metrics import METRICS
-from nnpatch.models.causal_lm import tiny_random_lm
+from nnpatch.engine.metrics import METRICS
+from nnpatch.models.tiny import tiny_random_lm
 
 PAIRS = [
     {
@@ -118,7 +118,7 @@ def test_span_patching_equals_hook_reference(tmp_path, family, mode, site, direc
         run={"batch_size": 4},
     )
     results = run_recipe(recipe).filter(~pl.col("control"))
-    from nnpatch.plan import PatchSpec
+    from nnpatch.engine.plan import PatchSpec
 
     specs = [
         PatchSpec(layer, tuple(p))
@@ -277,7 +277,7 @@ def test_positions_run_to_the_longest_span_and_rows_past_a_span_are_left_out(tmp
         .iter_rows()
     )
     assert (n["4"], n["5"], n["14"]) == (3, 2, 1)
-    from nnpatch.plan import PatchSpec
+    from nnpatch.engine.plan import PatchSpec
 
     long_pair = [p for p in PAIRS if p["id"] == "b"]
     specs = [PatchSpec(0, (str(t),)) for t in (5, 10, 14)]
@@ -322,7 +322,7 @@ def test_an_empty_answer_prefix_means_none(tmp_path):
         patch={"mode": "single", "layers": [0], "positions": [1, 3], "control": "none"},
     )
     results = run_recipe(recipe)
-    from nnpatch.plan import PatchSpec
+    from nnpatch.engine.plan import PatchSpec
 
     specs = [PatchSpec(0, ("1",)), PatchSpec(0, ("3",))]
     expected = reference(model, specs, "resid", "denoise")

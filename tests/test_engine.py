@@ -9,10 +9,10 @@ import torch
 from helpers import run_recipe, write_recipe
 from reference import reference_rows
 
-from nnpatch.metrics import METRICS
-from nnpatch.models.presets import tiny_random_codi
+from nnpatch.engine.metrics import METRICS
+from nnpatch.engine.plan import PatchSpec
+from nnpatch.models.tiny import tiny_random_codi
 from nnpatch.pairs.builtin import tiny_arithmetic
-from nnpatch.plan import PatchSpec
 
 MODES = {
     "single": {"positions": ["bot", 0, 3, "eot"]},
@@ -120,7 +120,7 @@ def test_patching_own_activations_changes_nothing(llama):
 
     Recipes refuse such pairs (nothing to measure), so the engine is driven directly, with
     answers built by hand, at every layer over every position."""
-    from nnpatch.engine import Engine, PairAnswers
+    from nnpatch.engine.trace import Engine, PairAnswers
     from nnpatch.pairs import Pair
 
     pairs = [
@@ -154,7 +154,7 @@ def test_a_run_whose_recovery_is_never_finite_finishes_with_notes(tmp_path, monk
     manifest, the report and the summary, and the other charts are drawn."""
     import json
 
-    from nnpatch import metrics
+    from nnpatch.engine import metrics
 
     monkeypatch.setattr(metrics, "GAP_EPS", float("inf"))
     recipe = write_recipe(tmp_path, patch={"mode": "layer", "positions": [0, 1]})
@@ -203,7 +203,7 @@ def test_chained_first_equals_single_position_zero(tmp_path):
 
 def test_activations_before_the_patched_step_are_untouched():
     """Patching layer 2 at thought 3 leaves every earlier call and lower layer as it was."""
-    from nnpatch.engine import Engine
+    from nnpatch.engine.trace import Engine
 
     model = tiny_random_codi("llama")
     pairs = tiny_arithmetic()[:2]
@@ -271,7 +271,7 @@ def test_shared_prefix_equals_running_it_per_row(tmp_path, monkeypatch, site):
 
 def test_out_of_memory_halves_the_batch_and_keeps_every_row(tmp_path, monkeypatch):
     """A batch too big for the GPU is retried as halves: same rows, same values."""
-    from nnpatch.engine import Engine
+    from nnpatch.engine.trace import Engine
 
     recipe = write_recipe(tmp_path, patch={"mode": "single", "positions": [0, 3]})
     whole = run_recipe(recipe)

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from helpers import write_recipe
 
 from nnpatch.cli import main
-from nnpatch.runner import execute, prepare
+from nnpatch.run.execute import execute
+from nnpatch.run.prepare import prepare
 
 SWEEP = {
     "patch": {"mode": "single", "layers": [0, 1], "positions": [0, 1, 2]},
@@ -119,7 +120,7 @@ def test_a_report_that_cannot_be_written_leaves_the_finished_tables(tmp_path, mo
     `finished` with the report's error recorded, and one warning says how to draw it."""
     import errno
 
-    from nnpatch import report
+    from nnpatch.report import page as report
 
     real = report.write_text
 

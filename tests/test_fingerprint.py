@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from helpers import write_recipe
 
-from nnpatch.fingerprint import model_hash, pairs_hash, recipe_hash
 from nnpatch.models.presets import PRESETS
 from nnpatch.pairs.builtin import tiny_arithmetic
 from nnpatch.recipe import load_recipe
+from nnpatch.run.fingerprint import model_hash, pairs_hash, recipe_hash
 
 
 def test_model_hash_sees_one_changed_weight():

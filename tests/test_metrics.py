@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from nnpatch import metrics as M
+from nnpatch.engine import metrics as M
 
 
 def targets() -> M.AnswerTargets:

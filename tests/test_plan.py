@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from helpers import write_recipe
 
+from nnpatch.engine.modes import build_plan
+from nnpatch.engine.plan import PatchSpec
 from nnpatch.errors import RecipeError
-from nnpatch.plan import PatchSpec, build_plan
 from nnpatch.recipe import load_recipe
 
 

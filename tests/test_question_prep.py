@@ -12,7 +12,7 @@ from helpers import byte_level_tokenizer
 
 from nnpatch.models.base import ThoughtModel
 from nnpatch.models.codi import CodiModel, Projection
-from nnpatch.models.presets import tiny_lm
+from nnpatch.models.tiny import tiny_lm
 
 GSM8K = Path(__file__).parent.parent.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 

@@ -10,7 +10,8 @@ from helpers import run_recipe, write_pairs, write_recipe
 from test_causal_lm import PAIRS
 
 from nnpatch.cli import main
-from nnpatch.models.causal_lm import load_remote_causal_lm, tiny_random_lm
+from nnpatch.models.causal_lm import load_remote_causal_lm
+from nnpatch.models.tiny import tiny_random_lm
 from nnpatch.recipe import ModelSection
 
 HOSTED = {"kind": "causal_lm", "checkpoint": "openai-community/gpt2"}
@@ -75,7 +76,7 @@ def test_service_unreachable(tmp_path, monkeypatch):
 def test_model_not_hosted(tmp_path, monkeypatch):
     from nnsight import CONFIG
 
-    import nnpatch.remote
+    import nnpatch.run.remote
 
     monkeypatch.setattr(CONFIG.API, "APIKEY", "test-key")
     status = {
@@ -84,7 +85,7 @@ def test_model_not_hosted(tmp_path, monkeypatch):
             "b": {"repo_id": "openai-community/gpt2", "application_state": "DEPLOYING"},
         }
     }
-    monkeypatch.setattr(nnpatch.remote, "_fetch_status", lambda: status)
+    monkeypatch.setattr(nnpatch.run.remote, "_fetch_status", lambda: status)
     line = _run(_recipe(tmp_path, model=HOSTED), "--set", "run.remote=true")
     assert "model.checkpoint: openai-community/gpt2 is not running on NDIF" in line
     assert "meta-llama/Llama-3.1-70B" in line

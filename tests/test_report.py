@@ -16,7 +16,8 @@ from helpers import write_recipe
 
 from nnpatch import load_run
 from nnpatch.cli import main
-from nnpatch.runner import execute, prepare
+from nnpatch.run.execute import execute
+from nnpatch.run.prepare import prepare
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

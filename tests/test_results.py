@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 from helpers import write_recipe
 
-from nnpatch.runner import execute, prepare
+from nnpatch.run.execute import execute
+from nnpatch.run.prepare import prepare
 
 
 def test_run_folder_holds_every_table(tmp_path):

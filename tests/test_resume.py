@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from helpers import write_pairs, write_recipe
 
 from nnpatch.cli import main
-from nnpatch.runner import execute, prepare
+from nnpatch.run.execute import execute
+from nnpatch.run.prepare import prepare
 
 SWEEP = {"patch": {"mode": "single"}, "data": {"limit": 4}, "run": {"batch_size": 2}}
 

@@ -13,7 +13,8 @@ import torch
 from helpers import write_recipe
 
 from nnpatch.errors import BaselineError
-from nnpatch.runner import execute, prepare
+from nnpatch.run.execute import execute
+from nnpatch.run.prepare import prepare
 
 PACKAGE = Path(__file__).parent.parent / "nnpatch"
 
@@ -101,7 +102,7 @@ def test_both_correct_filter_compares_numerically(tmp_path):
     answers '72' and '80.00', and drops one whose answer is only a prefix."""
     from nnpatch.pairs import Pair
     from nnpatch.recipe import validate_recipe
-    from nnpatch.runner import _keep_both_correct
+    from nnpatch.run.prepare import _keep_both_correct
 
     decoded = {"q1": "The answer is: 72.0", "k1": "80", "q2": "The answer is: 7", "k2": "9"}
 

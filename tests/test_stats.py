@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from nnpatch.stats import cell_stats
+from nnpatch.report.stats import cell_stats
 
 
 def test_nonfinite_pairs_are_dropped_and_counted():

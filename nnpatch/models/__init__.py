@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from nnpatch.errors import ModelError, RecipeError
 from nnpatch.models.base import ModelShape, ThoughtModel
+from nnpatch.models.causal_lm import load_remote_causal_lm
 from nnpatch.models.presets import PLAIN_PRESETS, PRESETS
-from nnpatch.recipe import ModelSection
+from nnpatch.models.release import LOADERS
+
+if TYPE_CHECKING:
+    from nnpatch.recipe import ModelSection
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -20,11 +25,9 @@ def build_model(
 ) -> ThoughtModel:
     """The recipe's model on its device and dtype; a bad section is a one-line error.
 
-    `on_ndif`: a hosted causal LM whose weights stay on NDIF (meta here; see nnpatch.remote).
+    `on_ndif`: a hosted causal LM whose weights stay on NDIF (meta here; see nnpatch.run.remote).
     """
     if on_ndif:
-        from nnpatch.models.causal_lm import load_remote_causal_lm
-
         try:
             return load_remote_causal_lm(section)
         except ModelError as err:
@@ -43,8 +46,6 @@ def build_model(
             f"set model.preset (one of {', '.join(PRESETS)}) or model.kind",
         )
     else:
-        from nnpatch.models.release import LOADERS
-
         if section.kind not in LOADERS:
             raise RecipeError(
                 source,

@@ -313,17 +313,3 @@ def load_causal_lm(section) -> CausalLM:
 def _prefix(section) -> str:
     """The recipe's answer prefix; "" is no prefix at all (the answer follows the prompt)."""
     return ANSWER_PREFIX if section.answer_prefix is None else section.answer_prefix
-
-
-def tiny_random_lm(family: str = "gpt2", answer_prefix: str | None = None) -> CausalLM:
-    """A small random-weight plain causal LM with the tiny tokenizer (tests, smoke runs)."""
-    from nnpatch.models.presets import tiny_lm
-    from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        lm = tiny_lm(family, len(tokenizer), 3, **ids)
-    prefix = ANSWER_PREFIX if answer_prefix is None else answer_prefix
-    return CausalLM(lm.float(), tokenizer, f"tiny-random-{family}", answer_prefix=prefix)

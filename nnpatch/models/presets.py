@@ -1,7 +1,8 @@
-"""Named presets: models built from a config in memory, with no download.
+"""Named presets: models built in memory or from the package, with no download.
 
-`tiny-random-codi` (Llama family) and `tiny-random-codi-gpt2` are random-weight CODI
-models for tests and smoke runs. Their weights are seeded, so every build is identical.
+`tiny-random-codi` (Llama family) and `tiny-random-codi-gpt2` are random-weight CODI models
+for tests and smoke runs, `tiny-random-gpt2` and `tiny-random-llama` plain causal LMs; their
+weights are seeded, so every build is identical. `toy-codi` is the embedded trained model.
 """
 
 from __future__ import annotations
@@ -10,66 +11,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-)
-
 from nnpatch.models.base import ThoughtModel
-from nnpatch.models.codi import CodiModel, Projection
-from nnpatch.models.tiny_tokenizer import build_tiny_tokenizer
-
-SEED = 0
-# Large enough init that clean and corrupted questions give clearly different answers.
-INIT_STD = 0.1
-
-
-def tiny_lm(family: str, vocab: int, num_layers: int, **extra) -> PreTrainedModel:
-    """A d = 64 Llama or GPT-2 with `vocab` ids, its weights drawn from the current RNG."""
-    if family == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            initializer_range=INIT_STD,
-            **extra,
-        )
-        return LlamaForCausalLM(config)
-    config = GPT2Config(
-        vocab_size=vocab,
-        n_embd=64,
-        n_layer=num_layers,
-        n_head=4,
-        n_positions=512,
-        initializer_range=INIT_STD,
-        **extra,
-    )
-    return GPT2LMHeadModel(config)
-
-
-def tiny_random_codi(family: str = "llama", num_thoughts: int = 6) -> ThoughtModel:
-    """A small random-weight CODI model: 4 layers (Llama) or 3 (GPT-2), d = 64."""
-    tokenizer = build_tiny_tokenizer()
-    vocab = len(tokenizer)  # CODI ids: pad = V, bot = V + 1, eot = V + 2
-    with torch.random.fork_rng():
-        torch.manual_seed(SEED)
-        if family == "llama":
-            lm = tiny_lm("llama", vocab + 3, 4, tie_word_embeddings=False)
-        else:
-            lm = tiny_lm("gpt2", vocab + 3, 3)
-        prj = Projection(64, 64)
-    module = CodiModel(lm, prj, num_thoughts, bot_id=vocab + 1, eot_id=vocab + 2, pad_id=vocab)
-    name = "tiny-random-codi" if family == "llama" else "tiny-random-codi-gpt2"
-    return ThoughtModel(module.float().eval(), tokenizer, name)
-
+from nnpatch.models.release import load_codi_files
+from nnpatch.models.tiny import tiny_random_codi, tiny_random_lm
 
 TOY_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "toy-codi"
 
@@ -77,24 +21,17 @@ TOY_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "toy-codi"
 def toy_codi(folder: str | Path | None = None, num_thoughts: int | None = None) -> ThoughtModel:
     """The embedded trained model (nnpatch/weights/toy-codi), through the CODI loader; it
     thinks as many steps as it was trained with (training.json) unless told otherwise."""
-    from nnpatch.models.release import load_codi
-    from nnpatch.recipe import ModelSection
-
     path = str(folder or TOY_WEIGHTS)
     card = Path(path) / "training.json"
     if num_thoughts is None:
         num_thoughts = json.loads(card.read_text())["num_thoughts"] if card.exists() else 3
-    model = load_codi(
-        ModelSection(kind="codi", base=path, checkpoint=path, num_thoughts=num_thoughts)
-    )
+    model = load_codi_files(path, path, num_thoughts=num_thoughts)
     model.name = "toy-codi"
     return model
 
 
 def _plain(family: str):
     def build(answer_prefix: str | None = None):
-        from nnpatch.models.causal_lm import tiny_random_lm
-
         return tiny_random_lm(family, answer_prefix)
 
     return build

@@ -9,11 +9,14 @@ keys>` plus `embedding.weight` (an alias of the input embeddings), the tokenizer
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from nnpatch.errors import ModelError
 from nnpatch.models.base import ThoughtModel
+from nnpatch.models.causal_lm import load_causal_lm
 from nnpatch.models.checkpoint import KeyReport, load_exactly, merge_lora, read_state_dict
 from nnpatch.models.codi import CodiModel, Projection
 from nnpatch.models.hub import first_line, refuse_custom_code, resolve_folder, weights_file
@@ -30,6 +33,25 @@ BASE_FILES = [
     "merges.txt",
 ]
 WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin"]
+
+
+@dataclass(frozen=True)
+class ReleaseFiles:
+    """Where a release's files are and what its loader needs; a recipe's [model] section
+    has the same fields, so either can be given to the loaders."""
+
+    base: str | None
+    checkpoint: str | None
+    revision: str | None = None
+    num_thoughts: int | None = None
+    prj_dim: int | None = None
+    lora_r: int | None = None
+    lora_alpha: float = 32
+
+
+def load_codi_files(base: str, checkpoint: str, num_thoughts: int | None = None) -> ThoughtModel:
+    """A CODI release from its base folder and checkpoint, with the release defaults."""
+    return load_codi(ReleaseFiles(base, checkpoint, num_thoughts=num_thoughts))
 
 
 def _base(section):
@@ -157,10 +179,4 @@ def _rows(weight: torch.Tensor | None, default: int) -> int:
     return default if weight is None else int(weight.shape[0])
 
 
-def _load_causal_lm(section):
-    from nnpatch.models.causal_lm import load_causal_lm
-
-    return load_causal_lm(section)
-
-
-LOADERS = {"codi": load_codi, "coconut": load_coconut, "causal_lm": _load_causal_lm}
+LOADERS = {"codi": load_codi, "coconut": load_coconut, "causal_lm": load_causal_lm}

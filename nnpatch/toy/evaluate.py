@@ -61,8 +61,8 @@ def mean_thought_accuracy(model: ThoughtModel, problems: list[Problem]) -> float
 
 def best_layer_recovery(model: ThoughtModel, pairs) -> tuple[int, float, list[float]]:
     """Mean recovery per layer of a layer-mode sweep (resid, denoise); the best layer."""
-    from nnpatch.engine import Engine
-    from nnpatch.plan import PatchSpec
+    from nnpatch.engine.plan import PatchSpec
+    from nnpatch.engine.trace import Engine
 
     engine = Engine(model, "resid", "denoise", ["recovery"])
     answers = engine.answers(pairs)

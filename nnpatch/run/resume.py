@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnpatch.errors import RunFolderError
-from nnpatch.manifest import alive, read_manifest, require
+from nnpatch.run.manifest import alive, read_manifest, require
 
 WHAT_CHANGED = {
     "recipe": "the recipe (or an override) changed",

@@ -1,7 +1,8 @@
 """A run's report, rendered from its stored tables alone: charts, report.html, summary.md.
 
 `render(run_dir)` is what `nnpatch run` calls at the end and `nnpatch report RUN_DIR` calls
-again later; the same tables give the same files. `load_run` is the notebook entry point.
+again later; the same tables give the same files. The charts and any extra sections are the
+mode's (`Mode.charts`, `Mode.report_lines`).
 """
 
 from __future__ import annotations
@@ -10,82 +11,18 @@ import html
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import polars as pl
 
-from nnpatch import charts
-from nnpatch.errors import RunFolderError
-from nnpatch.manifest import not_finished, read_manifest, require
-from nnpatch.results import cell_label, lead_metric, top_cells
-from nnpatch.rundir import write_bytes, write_text
+from nnpatch.engine.modes import mode_for
+from nnpatch.report import charts
+from nnpatch.report.load import Run, describe_error, load_run
+from nnpatch.report.summary import cell_label, signed, top_cells
+from nnpatch.run.folder import write_bytes, write_text
 
 TOP = 10
-RUN_FILES = (
-    "results.parquet",
-    "baselines.parquet",
-    "summary.parquet",
-    "resolved.json",
-    "recipe.toml",
-)
 BUNDLE = "vega-bundle.js"  # Vega, Vega-Lite and vega-embed, so charts render offline
-
-
-@dataclass
-class Run:
-    """A run folder's tables and records, as polars frames and dicts."""
-
-    path: Path
-    results: pl.DataFrame
-    baselines: pl.DataFrame
-    summary: pl.DataFrame
-    manifest: dict
-    resolved: dict
-    recipe_text: str
-
-    @property
-    def metrics(self) -> list[str]:
-        return self.resolved["metrics"]["names"]
-
-    @property
-    def lead_metric(self) -> str:
-        return lead_metric(self.metrics)
-
-    @property
-    def positions(self) -> list[str]:
-        return self.resolved["resolved"]["model"]["positions"]
-
-
-def load_run(path: str | Path, manifest: dict | None = None) -> Run:
-    """Open a finished run folder (`manifest`: use this one instead of the stored one). A
-    folder that is mid-run, stopped, failed or damaged is one line saying so."""
-    path = Path(path)
-    if manifest is None:
-        manifest = read_manifest(path)
-        require(manifest, path, {"status": str})
-        if manifest["status"] != "finished":
-            raise RunFolderError(not_finished(path, manifest))
-    require(manifest, path, {"model": dict, "pairs": dict, "versions": dict})
-    for name in RUN_FILES:
-        if not (path / name).is_file():
-            raise RunFolderError(f"{path}: not a finished run folder ({name} is missing)")
-    try:
-        resolved = json.loads((path / "resolved.json").read_text(encoding="utf-8"))
-        tables = [
-            pl.read_parquet(path / f"{name}.parquet")
-            for name in ("results", "baselines", "summary")
-        ]
-        recipe_text = (path / "recipe.toml").read_text(encoding="utf-8")
-    except (OSError, ValueError, pl.exceptions.PolarsError) as err:
-        raise RunFolderError(
-            f"{path}: a file of the run is unreadable ({_first_line(err)}); the folder is damaged"
-        ) from None
-    if not isinstance(resolved, dict) or not {"name", "patch", "metrics", "resolved"} <= set(
-        resolved
-    ):
-        raise RunFolderError(f"{path}/resolved.json: not the resolved recipe nnpatch writes")
-    return Run(path, *tables, manifest, resolved, recipe_text)
 
 
 ChartMaker = Callable[[], object]  # builds one altair chart; may raise charts.Undrawable
@@ -93,42 +30,7 @@ ChartMaker = Callable[[], object]  # builds one altair chart; may raise charts.U
 
 def run_charts(run: Run) -> dict[str, ChartMaker]:
     """Every chart of the run, by file stem, as makers: each is built (and may fail) alone."""
-    out: dict[str, ChartMaker] = {}
-    mode = run.resolved["patch"]["mode"]
-    lead = run.lead_metric
-    summary, results = run.summary, run.results
-    if mode == "chained":
-        out[f"chained_{lead}"] = partial(charts.chained_lines, summary, lead)
-    if mode == "layer":
-        out[f"layer_{lead}"] = partial(charts.layer_bars, summary, lead)
-    if mode == "attribution":
-        return out | _attribution_charts(run)
-    for metric in run.metrics:
-        out[f"heatmap_{metric}"] = partial(charts.heatmap, summary, metric, run.positions)
-    out[f"top_{lead}"] = partial(charts.top_distributions, results, summary, lead)
-    return out
-
-
-def _attribution_charts(run: Run) -> dict[str, ChartMaker]:
-    """Heatmaps of the estimates; estimate against exact, and the exact cells' per-pair values."""
-    out: dict[str, ChartMaker] = {}
-    estimated = run.summary.filter(pl.col("mode") == "attribution")
-    exact = run.summary.filter(pl.col("mode") == "single")
-    for metric in run.metrics:
-        if estimated.filter(pl.col("metric") == metric)["mean"].is_nan().all():
-            continue  # no first-order estimate for this metric
-        title = f"{metric}: attribution estimate, mean over pairs"
-        out[f"heatmap_{metric}"] = partial(charts.heatmap, estimated, metric, run.positions, title)
-        if exact.height:
-            out[f"estimate_vs_exact_{metric}"] = partial(
-                charts.estimate_vs_exact, run.summary, metric
-            )
-    if exact.height:
-        results = run.results.filter(pl.col("mode") == "single")
-        out[f"top_{run.lead_metric}"] = partial(
-            charts.top_distributions, results, exact, run.lead_metric
-        )
-    return out
+    return mode_for(run.resolved["patch"]["mode"]).charts(run)
 
 
 @dataclass
@@ -175,7 +77,7 @@ def draw_charts(
             notes.append(f"{stem}: not drawn ({err})")
             continue
         except (ValueError, TypeError, RuntimeError) as err:  # altair or vl-convert refused it
-            notes.append(f"{stem}: not drawn ({_first_line(err)})")
+            notes.append(f"{stem}: not drawn ({describe_error(err)})")
             continue
         specs[stem] = spec
         write_text(folder / f"{stem}.html", _chart_page(stem, spec))
@@ -184,33 +86,24 @@ def draw_charts(
     return specs, notes, written
 
 
-def _first_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:160]}" if text else type(err).__name__
-
-
 def _top(run: Run) -> pl.DataFrame:
     return top_cells(run.summary, run.lead_metric, TOP)
-
-
-def _fmt(value, spec: str = "+.3f") -> str:
-    return "" if value is None else format(value, spec)
 
 
 def _top_rows(run: Run) -> list[list[str]]:
     rows = []
     for row in _top(run).iter_rows(named=True):
-        control = "" if row["control_mean"] is None else _fmt(row["control_mean"])
+        control = "" if row["control_mean"] is None else signed(row["control_mean"])
         beats = {True: "yes", False: "no", None: ""}[row["differs_from_control"]]
         ci = (
             ""
             if row["ci95_low"] is None
-            else f"[{_fmt(row['ci95_low'])}, {_fmt(row['ci95_high'])}]"
+            else f"[{signed(row['ci95_low'])}, {signed(row['ci95_high'])}]"
         )
         rows.append(
             [
                 cell_label(row),
-                _fmt(row["mean"]),
+                signed(row["mean"]),
                 ci,
                 str(row["n"]),
                 control,
@@ -226,12 +119,12 @@ TOP_HEADER = ["cell", "mean", "95% CI", "n", "control", "differs from control"]
 def _baseline_rows(run: Run) -> list[list[str]]:
     base = run.baselines
     return [
-        [name, _fmt(base[f"clean_{name}"].mean()), _fmt(base[f"corrupted_{name}"].mean())]
+        [name, signed(base[f"clean_{name}"].mean()), signed(base[f"corrupted_{name}"].mean())]
         for name in run.metrics
     ]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
@@ -284,11 +177,11 @@ def _page(run: Run, specs: dict[str, dict], bundle: str, notes: list[str]) -> st
 <script>{bundle}</script></head><body>
 <h1>{title}</h1><dl>{facts}</dl>
 <h2>Baselines (mean over pairs)</h2>
-{_table(["metric", "clean", "corrupted"], _baseline_rows(run))}
+{html_table(["metric", "clean", "corrupted"], _baseline_rows(run))}
 <h2>Top cells by mean {html.escape(run.lead_metric)}</h2>
 <p>95% CIs are percentile bootstraps over pairs. A cell differs from the control when the CI of its
 paired difference to the random-donor control excludes zero.</p>
-{_table(TOP_HEADER, _top_rows(run))}
+{html_table(TOP_HEADER, _top_rows(run))}
 <h2>Charts</h2>{divs}
 <h2>Recipe</h2><pre>{html.escape(run.recipe_text)}</pre>
 <script>{embeds}</script>
@@ -323,24 +216,7 @@ def _markdown(run: Run, notes: list[str]) -> str:
         "|" + "---|" * len(TOP_HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _top_rows(run)]
-    if run.resolved["patch"]["mode"] == "attribution":
-        lines += _estimate_lines(run)
+    lines += mode_for(run.resolved["patch"]["mode"]).report_lines(run)
     if notes:
         lines += ["", "## Charts not drawn", "", *[f"- {note}" for note in notes]]
     return "\n".join(lines) + "\n"
-
-
-def _estimate_lines(run: Run) -> list[str]:
-    table = charts.estimate_exact_table(run.summary, run.lead_metric)
-    lines = [
-        "",
-        f"## Attribution: estimate against exact patching ({run.lead_metric}, verified cells)",
-        "",
-        "| cell | estimate | exact | exact 95% CI |",
-        "|---|---|---|---|",
-    ]
-    return lines + [
-        f"| {r['cell']} | {_fmt(r['estimate'])} | {_fmt(r['exact'])} | "
-        f"[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}] |"
-        for r in table.iter_rows(named=True)
-    ]

@@ -1,7 +1,8 @@
-"""The patch plan: a recipe's patch section, checked against the model, as rows to run.
+"""The cells a recipe names, checked against the model, and the rows they make.
 
 Each `PatchSpec` is one patched row per pair: a layer (None for site `thought`) and the
-positions patched together at that layer during one recurrent forward.
+positions patched together at that layer during one recurrent forward. Modes group the
+selected positions into specs (`nnpatch.engine.modes`); the checks here are theirs to share.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from pathlib import Path
 
 from nnpatch.errors import RecipeError
 from nnpatch.models.base import ModelShape
-from nnpatch.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -20,11 +20,7 @@ class PatchSpec:
     positions: tuple[str, ...]  # labels in sequence order: "bot", "0".."K-1", "eot"
 
 
-def build_plan(
-    recipe: Recipe, model: ModelShape, source: str | Path = "<recipe>"
-) -> list[PatchSpec]:
-    """Every row of the sweep, in a stable order (layer-major, then positions)."""
-    patch = recipe.patch
+def check_site(patch, model: ModelShape, source: str | Path) -> None:
     if patch.site not in model.sites:
         raise RecipeError(
             source,
@@ -32,43 +28,12 @@ def build_plan(
             f"{model.name} has no site {patch.site!r}",
             f"use one of {', '.join(model.sites)}",
         )
-    layers = _layers(recipe, model, source)
-    order = model.position_labels()
-    selected = _positions(patch.positions, model, source, "patch.positions")
+
+
+def selected_layers(patch, model: ModelShape, source: str | Path) -> list[int | None]:
+    """The layers a [patch] section names; site `thought` has none (one `None` layer)."""
+    layers = patch.layers
     if patch.site == "thought":
-        thought_only = [p for p in order if p.isdigit()]
-        wrong = [p for p in selected if p not in thought_only]
-        if wrong:
-            raise RecipeError(
-                source,
-                "patch.positions",
-                f"site 'thought' has only thought positions, not {wrong[0]!r}",
-                "drop bot/eot or use site 'resid'",
-            )
-    if patch.mode in ("single", "attribution"):
-        groups = [(p,) for p in selected]
-    elif patch.mode == "layer":
-        groups = [tuple(selected)]
-    elif patch.mode == "chained":
-        groups = [tuple(selected[: k + 1]) for k in range(len(selected))]
-    else:
-        groups = []
-        for index, group in enumerate(patch.sets):
-            labels = _positions(group, model, source, f"patch.sets.{index}")
-            if patch.site == "thought" and not all(p.isdigit() for p in labels):
-                raise RecipeError(
-                    source,
-                    f"patch.sets.{index}",
-                    "site 'thought' has only thought positions",
-                    "drop bot/eot",
-                )
-            groups.append(tuple(labels))
-    return [PatchSpec(layer, group) for layer in layers for group in groups]
-
-
-def _layers(recipe: Recipe, model: ModelShape, source: str | Path) -> list[int | None]:
-    layers = recipe.patch.layers
-    if recipe.patch.site == "thought":
         if layers != "all":
             raise RecipeError(
                 source,
@@ -93,8 +58,11 @@ def _layers(recipe: Recipe, model: ModelShape, source: str | Path) -> list[int |
     return list(layers)
 
 
-def _positions(positions: object, model: ModelShape, source: str | Path, field: str) -> list[str]:
-    """Position labels in sequence order; thought indices are checked against K."""
+def selected_positions(
+    positions: object, model: ModelShape, source: str | Path, field: str, site: str
+) -> list[str]:
+    """Position labels in sequence order; thought indices are checked against K, and site
+    `thought` takes thought positions only."""
     order = model.position_labels()
     if positions == "all":
         return [p for p in order if p.isdigit()]
@@ -121,6 +89,14 @@ def _positions(positions: object, model: ModelShape, source: str | Path, field: 
         raise RecipeError(source, field, "no positions listed", "list at least one, or 'all'")
     if len(set(labels)) != len(labels):
         raise RecipeError(source, field, "a position is listed twice", "list each once")
+    if site == "thought" and not all(label.isdigit() for label in labels):
+        named = next(label for label in labels if not label.isdigit())
+        raise RecipeError(
+            source,
+            field,
+            f"site 'thought' has only thought positions, not {named!r}",
+            "drop bot/eot or use site 'resid'",
+        )
     return sorted(labels, key=order.index)
 
 

@@ -1,11 +1,11 @@
-"""Attribution patching: every cell's effect estimated from one forward and one backward.
+"""Attribution estimates: every cell's effect from one forward and one backward.
 
 For a receiver run with activation a at a cell and a donor activation a', patching changes
 a metric m by about (a' - a) · ∂m/∂a (first-order Taylor). The gradient is taken through
 the whole recurrent forward, thought steps included, so a cell at thought 0 is credited
 with its effect through every later thought. The estimate is exact when m is linear in the
-patched activation, and its error grows with the curvature between a and a'; `verify_top`
-patches the strongest cells exactly so a run shows how far to trust the rest.
+patched activation, and its error grows with the curvature between a and a'
+(`nnpatch.engine.modes.attribution` patches the strongest cells exactly to show it).
 
 Gradients come from plain forward hooks on the cell modules and `torch.autograd.grad`;
 the exact rows that check them come from the nnsight engine, an independent path.
@@ -18,10 +18,10 @@ from contextlib import contextmanager
 
 import torch
 
-from nnpatch import metrics as M
-from nnpatch.engine import Baselines, Engine, PairAnswers, _envoy
+from nnpatch.engine import metrics as M
+from nnpatch.engine.plan import PatchSpec
+from nnpatch.engine.trace import Baselines, Engine, PairAnswers, _envoy
 from nnpatch.pairs import Pair
-from nnpatch.plan import PatchSpec
 
 # metrics with a useful first-order estimate: the others are flat (zero gradient) at the
 # unpatched run (KL at its minimum, an argmax), so their estimates are left NaN
@@ -128,26 +128,3 @@ def _capturing(root: torch.nn.Module, cells: dict):
             handle.remove()
         for p in requires:
             p.requires_grad_(False)
-
-
-def verify_cells(
-    estimates: torch.Tensor,
-    unpatched: torch.Tensor,
-    specs: list[PatchSpec],
-    names: list[str],
-    top: int,
-) -> list[PatchSpec]:
-    """The `top` cells with the largest mean estimated change of the lead estimable metric.
-
-    `estimates` [specs * pairs, metrics] spec-major; `unpatched` [pairs, metrics] of the
-    receiver run, so the change is estimate - unpatched whatever the metric's level.
-    """
-    lead = next((n for n in ("recovery", "logit_diff", "logprob_diff") if n in names), None)
-    if lead is None or top == 0:
-        return []
-    column = names.index(lead)
-    pairs = unpatched.shape[0]
-    change = estimates[:, column].reshape(len(specs), pairs) - unpatched[:, column]
-    effect = change.nanmean(dim=1).abs().nan_to_num(-1.0)
-    order = torch.argsort(effect, descending=True, stable=True)
-    return [specs[i] for i in order[:top].tolist()]

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import nnsight
 import torch
 
-from nnpatch import metrics as M
+from nnpatch.engine import metrics as M
+from nnpatch.engine.plan import PatchSpec
 from nnpatch.errors import PairsError
 from nnpatch.models.base import Cell, Encoded, ThoughtModel
 from nnpatch.pairs import Pair
-from nnpatch.plan import PatchSpec
 
 
 @dataclass

@@ -12,15 +12,19 @@ loop around a base model plus a projection) that NDIF does not host.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nnpatch.errors import RecipeError
 from nnpatch.models.presets import PLAIN_PRESETS
 from nnpatch.recipe import Recipe
 
+if TYPE_CHECKING:
+    from nnpatch.engine.modes import Mode
+
 CUSTOM = "CODI and Coconut run a recurrent thought loop and a projection that NDIF does not host"
 
 
-def check_remote(recipe: Recipe, source: Path, status=None) -> None:
+def check_remote(recipe: Recipe, source: Path, analysis: Mode, status=None) -> None:
     """Everything that can refuse a remote run, checked before any model is built.
 
     `status` fetches NDIF's /status (injectable for tests; nnsight's client by default).
@@ -28,12 +32,9 @@ def check_remote(recipe: Recipe, source: Path, status=None) -> None:
     mode, model = recipe.run.remote, recipe.model
     if not mode:
         return
-    if recipe.patch.mode == "attribution":
+    if analysis.remote_refusal:
         raise RecipeError(
-            source,
-            "patch.mode",
-            "attribution takes its gradients with local hooks, not through NDIF",
-            "run it locally (run.remote = false)",
+            source, "patch.mode", analysis.remote_refusal, "run it locally (run.remote = false)"
         )
     if model.preset is not None and model.preset not in PLAIN_PRESETS:
         raise RecipeError(

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from nnpatch import charts
 from nnpatch.errors import NnpatchError
-from nnpatch.report import BUNDLE, _table, draw_charts, load_run
-from nnpatch.rundir import write_table, write_text
-from nnpatch.stats import MIN_PAIRS, RESAMPLES, bootstrap_ci, excludes_zero, generator
+from nnpatch.report import charts
+from nnpatch.report.load import load_run
+from nnpatch.report.page import BUNDLE, draw_charts, html_table
+from nnpatch.report.stats import MIN_PAIRS, RESAMPLES, bootstrap_ci, excludes_zero, generator
+from nnpatch.run.folder import write_table, write_text
 
 
 def compare_runs(a: str | Path, b: str | Path, out: str | Path, seed: int = 0) -> pl.DataFrame:
@@ -165,6 +166,6 @@ def _write(table: pl.DataFrame, run_a, run_b, out: Path) -> None:
     page = (
         f'<!doctype html><html><head><meta charset="utf-8"><title>compare</title>'
         f"<script>{bundle}</script></head><body><h1>A: {run_a.path}<br>B: {run_b.path}</h1>"
-        f"{_table(header, counts)}{divs}<script>{embeds}</script></body></html>\n"
+        f"{html_table(header, counts)}{divs}<script>{embeds}</script></body></html>\n"
     )
     write_text(out / "compare.html", page)

@@ -1,15 +1,13 @@
-"""Result tables: per-row results, per-pair baselines and the per-cell summary (polars)."""
+"""The run's tables: one row per (pair, patch) in results, one per pair in baselines (polars).
+The per-cell summary is the statistics stage's (`nnpatch.report.summary`)."""
 
 from __future__ import annotations
 
 import polars as pl
 import torch
 
-from nnpatch.engine import Row
+from nnpatch.engine.trace import Row
 from nnpatch.pairs import Pair
-from nnpatch.stats import cell_stats
-
-CELL_KEYS = ["mode", "site", "direction", "layer", "position", "positions"]
 
 
 def results_table(
@@ -20,6 +18,7 @@ def results_table(
     mode: str,
     site: str,
     direction: str,
+    single: bool,
     estimate: bool = False,
     tokens: list[dict[str, tuple[int, str]]] | None = None,
 ) -> pl.DataFrame:
@@ -27,6 +26,7 @@ def results_table(
     metric, `nonfinite` (some metric of the row is NaN or inf) and `estimate` (attribution
     estimates rather than patched values).
 
+    `single`: every row patches one position, named in `position` (else it is null).
     `control` rows patch the same cells from another pair's run (the noise floor).
     `tokens` gives, per pair, each position's absolute index in the receiver's sequence and
     its token's text: `token_indices` and `tokens` per row, aligned with `positions`, and
@@ -36,7 +36,6 @@ def results_table(
         [tokens[p][label] if tokens else (None, None) for label in spec.positions]
         for spec, p, _ in rows
     ]
-    single = mode in ("single", "attribution")
     columns = {
         "pair_id": [pairs[p].id for _, p, _ in rows],
         "mode": [mode] * len(rows),
@@ -100,72 +99,3 @@ def baselines_table(
     return pl.DataFrame(
         table, schema_overrides={"span_tokens": pl.Int64} if "span_tokens" in table else None
     )
-
-
-def summarize(results: pl.DataFrame, names: list[str], seed: int = 0) -> pl.DataFrame:
-    """Per cell and metric: n, mean, sem, bootstrap 95% CI over pairs, and the control.
-
-    A cell "differs from control" when the bootstrap CI of (patched - control), paired by pair,
-    excludes zero: it moves the answer more than patching the same cells from a mismatched
-    pair does.
-    """
-    real = results.filter(~pl.col("control")).sort("pair_id", maintain_order=True)
-    control = results.filter(pl.col("control")).sort("pair_id", maintain_order=True)
-    rows = []
-    for group in real.partition_by(["mode", "layer", "position", "positions"], maintain_order=True):
-        first = group.row(0, named=True)
-        match = control.filter(
-            (pl.col("layer").eq_missing(first["layer"]))
-            & (pl.col("positions") == pl.lit(first["positions"], dtype=pl.List(pl.String)))
-        )
-        for name in names:
-            key = cell_key(first, name)
-            values = group[name].to_numpy().astype(float)
-            paired = match[name].to_numpy().astype(float) if match.height == group.height else None
-            cell = {k: first[k] for k in CELL_KEYS}
-            rows.append({**cell, "metric": name, **cell_stats(values, paired, seed, key)})
-    return pl.DataFrame(
-        rows,
-        schema_overrides={
-            "layer": pl.Int64,
-            "position": pl.String,
-            "sem": pl.Float64,
-            "control_mean": pl.Float64,
-            "control_ci95_low": pl.Float64,
-            "control_ci95_high": pl.Float64,
-            "diff_ci95_low": pl.Float64,
-            "diff_ci95_high": pl.Float64,
-            "differs_from_control": pl.Boolean,
-        },
-        infer_schema_length=None,
-    )
-
-
-def lead_metric(names: list[str]) -> str:
-    """The metric cells are ranked by: recovery when measured, else the first one."""
-    return "recovery" if "recovery" in names else names[0]
-
-
-def top_cells(summary: pl.DataFrame, metric: str, count: int) -> pl.DataFrame:
-    """The `count` cells with the highest mean `metric`."""
-    return (
-        summary.filter(pl.col("metric") == metric)
-        .sort("mean", descending=True, nulls_last=True)
-        .head(count)
-    )
-
-
-def cell_key(row: dict, metric: str) -> str:
-    """The stable name a cell's bootstrap generator is seeded with."""
-    return f"{row['layer']}|{','.join(row['positions'])}|{metric}"
-
-
-def cell_label(row: dict) -> str:
-    """A short human label for a summary row: "L2 t0", "L1 t0-2", "thought t3"."""
-    layer = "thought" if row["layer"] is None else f"L{row['layer']}"
-    positions = row["positions"]
-    if len(positions) == 1:
-        where = positions[0] if not positions[0].isdigit() else f"t{positions[0]}"
-    else:
-        where = "{" + ",".join(positions) + "}"
-    return f"{layer} {where}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nnpatch.results import cell_label, lead_metric, top_cells
+from nnpatch.report.summary import cell_label, lead_metric, top_cells
 
 TOP = 8
 

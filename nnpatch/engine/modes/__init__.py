@@ -1,0 +1,31 @@
+"""The analysis modes, by the recipe's `patch.mode`: each family is one module (see
+`base.Mode` for what a mode is), and this registry is the only place that lists them."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from nnpatch.engine.modes.attribution import Attribution
+from nnpatch.engine.modes.base import Computed, Mode, Sweep
+from nnpatch.engine.modes.patching import Patching
+
+FAMILIES: tuple[Mode, ...] = (Patching(), Attribution())
+
+MODES: dict[str, Mode] = {
+    get_args(section.model_fields["mode"].annotation)[0]: family
+    for family in FAMILIES
+    for section in family.sections
+}
+SECTIONS = tuple(section for family in FAMILIES for section in family.sections)
+
+
+def mode_for(name: str) -> Mode:
+    return MODES[name]
+
+
+def build_plan(recipe, shape, source="<recipe>"):
+    """The recipe's rows per pair, as its mode plans them."""
+    return mode_for(recipe.patch.mode).plan(recipe.patch, shape, source)
+
+
+__all__ = ["FAMILIES", "MODES", "SECTIONS", "Computed", "Mode", "Sweep", "build_plan", "mode_for"]

@@ -1,0 +1,138 @@
+"""What an analysis mode is, and what it is given to compute its rows.
+
+A mode is one family of analyses (`patching`: single, layer, chained, sets; `attribution`).
+The runner (`nnpatch.run.execute`) runs the same stages for every mode: prepare, baselines,
+rows, tables, statistics, report. A mode fills in the parts that are its own:
+
+- `sections`: the recipe [patch] tables it runs (each a pydantic model with a `mode` tag);
+- `plan`: the rows it patches per pair, checked against the model;
+- `donor_cells`: the activations the baseline pass records for it;
+- `compute`: its rows, from the engine's traced forwards, saved batch by batch in shards;
+- `charts` and `report_lines`: what it adds to the report.
+
+A new mode is one module with a `Mode` subclass, its tests, and one entry in
+`nnpatch.engine.modes.FAMILIES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import polars as pl
+import torch
+
+from nnpatch.engine.plan import PatchSpec
+from nnpatch.engine.trace import Baselines, Engine, PairAnswers, Row
+from nnpatch.pairs import Pair
+
+if TYPE_CHECKING:
+    from nnpatch.models.base import ModelShape
+    from nnpatch.recipe import Recipe
+    from nnpatch.run.shards import ShardStore
+
+Tick = Callable[[int], None]
+
+
+@dataclass
+class Sweep:
+    """Everything a mode computes its rows with, once the baselines have run."""
+
+    recipe: Recipe
+    model: object  # a ThoughtModel or a CausalLM
+    pairs: list[Pair]
+    answers: PairAnswers
+    engine: Engine
+    plan: list[PatchSpec]
+    baselines: Baselines
+    store: ShardStore
+    progress: Callable[[int], Tick]  # total rows → a tick per batch done
+
+    def patched(self, rows: list[Row], tick: Tick) -> tuple[torch.Tensor, int]:
+        """Metrics [rows, metrics] for (spec, receiver, donor) rows: batch by batch through
+        the engine, each batch saved as a shard; batches already saved are read back.
+        Returns the values and how many rows were computed."""
+        size, width = self.recipe.run.batch_size, len(self.recipe.metrics.names)
+        saved = self.store.load(width)
+        batches = {first: len(rows[first : first + size]) for first in range(0, len(rows), size)}
+        self.store.check_batches(saved, batches)
+        parts, computed = [torch.empty(0, width)], 0
+        for first in range(0, len(rows), size):
+            batch = rows[first : first + size]
+            if first in saved:
+                parts.append(torch.from_numpy(saved[first]))
+                tick(len(batch))
+                continue
+            values = self.engine.patch(self.pairs, self.answers, self.baselines, batch, size, tick)
+            self.store.write(first, values.numpy())
+            parts.append(values)
+            computed += len(batch)
+        return torch.cat(parts), computed
+
+    def inside_spans(self, rows: list[Row]) -> list[bool]:
+        """For each row, whether every position lies inside the receiver's and the donor's
+        span (plain LMs: spans differ in length); every row of a CODI model is inside."""
+        return rows_inside_spans(rows, self.model, self.pairs)
+
+    def receiver_tokens(self) -> list[dict[str, tuple[int, str]]]:
+        """Per pair: each position's index in the receiver's sequence and its token's text."""
+        side = (
+            "corrupted_question" if self.recipe.patch.direction == "denoise" else "clean_question"
+        )
+        return [self.model.position_tokens(getattr(pair, side)) for pair in self.pairs]
+
+
+def rows_inside_spans(rows: list[Row], model, pairs: list[Pair]) -> list[bool]:
+    spans = [model.span_of(pair) for pair in pairs]
+    if all(span is None for span in spans):
+        return [True] * len(rows)
+
+    def inside(index: int, positions) -> bool:
+        return all(int(p) < spans[index] for p in positions)
+
+    return [inside(r, spec.positions) and inside(d, spec.positions) for spec, r, d in rows]
+
+
+@dataclass
+class Computed:
+    """A mode's rows as the results table, and what computing them cost."""
+
+    results: pl.DataFrame
+    rows_computed: int
+    seconds: float
+
+
+class Mode:
+    """One family of analyses; see the module docstring for what each part is."""
+
+    sections: ClassVar[tuple[type, ...]] = ()
+    # why its traced forwards cannot run on NDIF, or None when they can
+    remote_refusal: ClassVar[str | None] = None
+
+    def plan(self, patch, shape: ModelShape, source: str | Path) -> list[PatchSpec]:
+        raise NotImplementedError
+
+    def donor_cells(self, plan: list[PatchSpec]) -> list[tuple[int | None, str]]:
+        """Every (layer, position) the plan patches, in a stable order."""
+        return sorted(
+            {(spec.layer, p) for spec in plan for p in spec.positions},
+            key=lambda cell: (-1 if cell[0] is None else cell[0], cell[1]),
+        )
+
+    def notes(self, recipe: Recipe, pairs: list[Pair]) -> list[str]:
+        """What this run of the mode cannot do, said on screen and in the manifest."""
+        return []
+
+    def compute(self, sweep: Sweep) -> Computed:
+        raise NotImplementedError
+
+    def charts(self, run) -> dict[str, Callable[[], object]]:
+        """Chart makers by file stem (each builds one altair chart, and may raise
+        `charts.Undrawable`)."""
+        return {}
+
+    def report_lines(self, run) -> list[str]:
+        """Markdown sections for summary.md after the top cells."""
+        return []

@@ -1,0 +1,84 @@
+"""A finished run folder as polars tables and dicts: what the report, `compare` and a
+notebook read. A folder that is mid-run, stopped, failed or damaged is one line saying so."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from nnpatch.errors import RunFolderError
+from nnpatch.report.summary import lead_metric
+from nnpatch.run.manifest import not_finished, read_manifest, require
+
+RUN_FILES = (
+    "results.parquet",
+    "baselines.parquet",
+    "summary.parquet",
+    "resolved.json",
+    "recipe.toml",
+)
+
+
+@dataclass
+class Run:
+    """A run folder's tables and records, as polars frames and dicts."""
+
+    path: Path
+    results: pl.DataFrame
+    baselines: pl.DataFrame
+    summary: pl.DataFrame
+    manifest: dict
+    resolved: dict
+    recipe_text: str
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.resolved["metrics"]["names"]
+
+    @property
+    def lead_metric(self) -> str:
+        return lead_metric(self.metrics)
+
+    @property
+    def positions(self) -> list[str]:
+        return self.resolved["resolved"]["model"]["positions"]
+
+
+def load_run(path: str | Path, manifest: dict | None = None) -> Run:
+    """Open a finished run folder (`manifest`: use this one instead of the stored one). A
+    folder that is mid-run, stopped, failed or damaged is one line saying so."""
+    path = Path(path)
+    if manifest is None:
+        manifest = read_manifest(path)
+        require(manifest, path, {"status": str})
+        if manifest["status"] != "finished":
+            raise RunFolderError(not_finished(path, manifest))
+    require(manifest, path, {"model": dict, "pairs": dict, "versions": dict})
+    for name in RUN_FILES:
+        if not (path / name).is_file():
+            raise RunFolderError(f"{path}: not a finished run folder ({name} is missing)")
+    try:
+        resolved = json.loads((path / "resolved.json").read_text(encoding="utf-8"))
+        tables = [
+            pl.read_parquet(path / f"{name}.parquet")
+            for name in ("results", "baselines", "summary")
+        ]
+        recipe_text = (path / "recipe.toml").read_text(encoding="utf-8")
+    except (OSError, ValueError, pl.exceptions.PolarsError) as err:
+        why = describe_error(err)
+        raise RunFolderError(
+            f"{path}: a file of the run is unreadable ({why}); the folder is damaged"
+        ) from None
+    if not isinstance(resolved, dict) or not {"name", "patch", "metrics", "resolved"} <= set(
+        resolved
+    ):
+        raise RunFolderError(f"{path}/resolved.json: not the resolved recipe nnpatch writes")
+    return Run(path, *tables, manifest, resolved, recipe_text)
+
+
+def describe_error(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:160]}" if text else type(err).__name__

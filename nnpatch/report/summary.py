@@ -1,0 +1,84 @@
+"""The statistics stage: per cell and metric, the mean over pairs with its bootstrap CI and
+the comparison with the control; and the queries the screen and report make of it."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from nnpatch.report.stats import cell_stats
+
+CELL_KEYS = ["mode", "site", "direction", "layer", "position", "positions"]
+
+
+def summarize(results: pl.DataFrame, names: list[str], seed: int = 0) -> pl.DataFrame:
+    """Per cell and metric: n, mean, sem, bootstrap 95% CI over pairs, and the control.
+
+    A cell "differs from control" when the bootstrap CI of (patched - control), paired by pair,
+    excludes zero: it moves the answer more than patching the same cells from a mismatched
+    pair does.
+    """
+    real = results.filter(~pl.col("control")).sort("pair_id", maintain_order=True)
+    control = results.filter(pl.col("control")).sort("pair_id", maintain_order=True)
+    rows = []
+    for group in real.partition_by(["mode", "layer", "position", "positions"], maintain_order=True):
+        first = group.row(0, named=True)
+        match = control.filter(
+            (pl.col("layer").eq_missing(first["layer"]))
+            & (pl.col("positions") == pl.lit(first["positions"], dtype=pl.List(pl.String)))
+        )
+        for name in names:
+            key = cell_key(first, name)
+            values = group[name].to_numpy().astype(float)
+            paired = match[name].to_numpy().astype(float) if match.height == group.height else None
+            cell = {k: first[k] for k in CELL_KEYS}
+            rows.append({**cell, "metric": name, **cell_stats(values, paired, seed, key)})
+    return pl.DataFrame(
+        rows,
+        schema_overrides={
+            "layer": pl.Int64,
+            "position": pl.String,
+            "sem": pl.Float64,
+            "control_mean": pl.Float64,
+            "control_ci95_low": pl.Float64,
+            "control_ci95_high": pl.Float64,
+            "diff_ci95_low": pl.Float64,
+            "diff_ci95_high": pl.Float64,
+            "differs_from_control": pl.Boolean,
+        },
+        infer_schema_length=None,
+    )
+
+
+def lead_metric(names: list[str]) -> str:
+    """The metric cells are ranked by: recovery when measured, else the first one."""
+    return "recovery" if "recovery" in names else names[0]
+
+
+def top_cells(summary: pl.DataFrame, metric: str, count: int) -> pl.DataFrame:
+    """The `count` cells with the highest mean `metric`."""
+    return (
+        summary.filter(pl.col("metric") == metric)
+        .sort("mean", descending=True, nulls_last=True)
+        .head(count)
+    )
+
+
+def signed(value) -> str:
+    """A value with its sign and three decimals; nothing at all for a missing one."""
+    return "" if value is None else format(value, "+.3f")
+
+
+def cell_key(row: dict, metric: str) -> str:
+    """The stable name a cell's bootstrap generator is seeded with."""
+    return f"{row['layer']}|{','.join(row['positions'])}|{metric}"
+
+
+def cell_label(row: dict) -> str:
+    """A short human label for a summary row: "L2 t0", "L1 t0-2", "thought t3"."""
+    layer = "thought" if row["layer"] is None else f"L{row['layer']}"
+    positions = row["positions"]
+    if len(positions) == 1:
+        where = positions[0] if not positions[0].isdigit() else f"t{positions[0]}"
+    else:
+        where = "{" + ",".join(positions) + "}"
+    return f"{layer} {where}"

@@ -1,0 +1,291 @@
+"""The prepare stage: every check that can fail on bad input (recipe, pairs, model, plan,
+output folder) runs here, before anything is written. `check` is the part `nnpatch validate`
+can do without weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nnpatch.engine.modes import Mode, mode_for
+from nnpatch.engine.modes.base import rows_inside_spans
+from nnpatch.engine.plan import PatchSpec
+from nnpatch.engine.trace import Engine, PairAnswers
+from nnpatch.errors import ModelError, PairsError, RecipeError
+from nnpatch.models import ModelShape, ThoughtModel, build_model, model_shape
+from nnpatch.models.base import answer_is
+from nnpatch.pairs import Pair, load_pair_set
+from nnpatch.recipe import Recipe, read_recipe
+from nnpatch.run.remote import check_remote
+
+
+@dataclass
+class Prepared:
+    recipe: Recipe
+    source: Path
+    recipe_bytes: bytes  # the recipe file as read: the run folder keeps it verbatim
+    overrides: list[str]
+    model: ThoughtModel
+    pairs: list[Pair]
+    pair_counts: dict[str, int]
+    mode: Mode
+    plan: list[PatchSpec]
+    engine: Engine
+    answers: PairAnswers
+    notes: list[str] = field(default_factory=list)  # said on screen and in the manifest
+
+
+def prepare(
+    path: str | Path,
+    overrides: list[str] = (),
+    limit: int | None = None,
+    output: str | Path | None = None,
+) -> Prepared:
+    """Load and check everything a run needs; raises NnpatchError on any bad input."""
+    source = Path(path)
+    overrides = list(overrides)
+    if limit is not None:
+        overrides.append(f"data.limit={limit}")
+    if output is not None:
+        overrides.append(f"run.output={json.dumps(str(output))}")
+    recipe, data, pairs, counts = _recipe_and_pairs(source, overrides)
+    mode = mode_for(recipe.patch.mode)
+    _check_output(Path(recipe.run.output), source)
+    check_remote(recipe, source, mode)
+    torch.manual_seed(recipe.run.seed)
+    model = build_model(recipe.model, source, on_ndif=recipe.run.remote is True)
+    if recipe.data.filter == "both-correct":
+        pairs, counts = _keep_both_correct(model, pairs, counts, recipe, source)
+    try:
+        if hasattr(model, "bind_pairs"):  # plain LMs: span positions come from the pairs
+            model.bind_pairs(pairs, recipe.data.span_markers)
+    except PairsError as err:
+        raise RecipeError(source, "data.pairs", str(err)) from None
+    plan = mode.plan(recipe.patch, model.shape, source)
+    try:
+        engine = Engine(
+            model,
+            recipe.patch.site,
+            recipe.patch.direction,
+            recipe.metrics.names,
+            remote=recipe.run.remote,
+        )
+        answers = engine.answers(pairs)
+        check_context(model, pairs, answers)
+    except PairsError as err:
+        raise RecipeError(source, "data.pairs", str(err)) from None
+    notes = _span_notes(model, pairs, plan) + mode.notes(recipe, pairs)
+    return Prepared(
+        recipe, source, data, overrides, model, pairs, counts, mode, plan, engine, answers, notes
+    )
+
+
+@dataclass
+class Checked:
+    """What `nnpatch validate` could check without loading weights."""
+
+    recipe: Recipe
+    pairs: int
+    shape: ModelShape | None
+    plan: list[PatchSpec] | None
+    notes: list[str]
+
+
+def check(path: str | Path, overrides: list[str] = ()) -> Checked:
+    """Schema, pairs and (when the model's config is reachable) the plan's cells."""
+    source = Path(path)
+    recipe, _, pairs, _ = _recipe_and_pairs(source, list(overrides))
+    try:
+        shape = model_shape(recipe.model, source)
+    except ModelError as err:
+        note = f"model not checked here (layer and position ranges unchecked): {err}"
+        return Checked(recipe, len(pairs), None, None, [note])
+    plan = mode_for(recipe.patch.mode).plan(recipe.patch, shape, source)
+    return Checked(recipe, len(pairs), shape, plan, [])
+
+
+def _recipe_and_pairs(source: Path, overrides: list[str]):
+    """(recipe, the recipe file's bytes, pairs, pair counts)."""
+    recipe, data = read_recipe(source, overrides)
+    section = recipe.data
+    limit = None if section.filter != "none" else section.limit  # a filter limits after it
+    try:
+        pairs, counts = load_pair_set(
+            section.pairs, source.parent, limit, section.source, section.seed
+        )
+    except PairsError as err:
+        raise RecipeError(source, "data.pairs", str(err)) from None
+    return recipe, data, pairs, counts
+
+
+def _keep_both_correct(model, pairs: list[Pair], counts: dict, recipe: Recipe, source: Path):
+    """Pairs whose clean and corrupted questions the model answers right (greedy, real loop),
+    in order, until data.limit are kept."""
+    if not hasattr(model, "greedy_answers"):
+        raise RecipeError(
+            source,
+            "data.filter",
+            f"{model.name} cannot decode answers",
+            "use filter = 'none' for plain causal LMs",
+        )
+    limit, chunk = recipe.data.limit or len(pairs), max(1, recipe.run.batch_size // 2)
+    kept: list[Pair] = []
+    checked = 0
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        decoded = model.greedy_answers(
+            [p.clean_question for p in part] + [p.corrupted_question for p in part]
+        )
+        for pair, clean, corrupt in zip(
+            part, decoded[: len(part)], decoded[len(part) :], strict=True
+        ):
+            checked += 1
+            if answer_is(clean, pair.clean_answer) and answer_is(corrupt, pair.corrupted_answer):
+                kept.append(pair)
+            if len(kept) == limit:
+                break
+        if len(kept) == limit:
+            break
+    if not kept:
+        raise RecipeError(
+            source,
+            "data.filter",
+            f"the model answers no pair right on both sides ({checked} checked)",
+            "check the model, or set filter = 'none'",
+        )
+    counts = {
+        **counts,
+        "filter_checked": checked,
+        "filter_dropped": checked - len(kept),
+        "kept": len(kept),
+    }
+    return kept, counts
+
+
+def _recipe_and_pairs(source: Path, overrides: list[str]):
+    """(recipe, the recipe file's bytes, pairs, pair counts)."""
+    recipe, data = read_recipe(source, overrides)
+    section = recipe.data
+    limit = None if section.filter != "none" else section.limit  # a filter limits after it
+    try:
+        pairs, counts = load_pair_set(
+            section.pairs, source.parent, limit, section.source, section.seed
+        )
+    except PairsError as err:
+        raise RecipeError(source, "data.pairs", str(err)) from None
+    return recipe, data, pairs, counts
+
+
+def _keep_both_correct(model, pairs: list[Pair], counts: dict, recipe: Recipe, source: Path):
+    """Pairs whose clean and corrupted questions the model answers right (greedy, real loop),
+    in order, until data.limit are kept."""
+    if not hasattr(model, "greedy_answers"):
+        raise RecipeError(
+            source,
+            "data.filter",
+            f"{model.name} cannot decode answers",
+            "use filter = 'none' for plain causal LMs",
+        )
+    limit, chunk = recipe.data.limit or len(pairs), max(1, recipe.run.batch_size // 2)
+    kept: list[Pair] = []
+    checked = 0
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        decoded = model.greedy_answers(
+            [p.clean_question for p in part] + [p.corrupted_question for p in part]
+        )
+        for pair, clean, corrupt in zip(
+            part, decoded[: len(part)], decoded[len(part) :], strict=True
+        ):
+            checked += 1
+            if answer_is(clean, pair.clean_answer) and answer_is(corrupt, pair.corrupted_answer):
+                kept.append(pair)
+            if len(kept) == limit:
+                break
+        if len(kept) == limit:
+            break
+    if not kept:
+        raise RecipeError(
+            source,
+            "data.filter",
+            f"the model answers no pair right on both sides ({checked} checked)",
+            "check the model, or set filter = 'none'",
+        )
+    counts = {
+        **counts,
+        "filter_checked": checked,
+        "filter_dropped": checked - len(kept),
+        "kept": len(kept),
+    }
+    return kept, counts
+
+
+def _check_output(output: Path, source: Path) -> None:
+    """run.output must be a folder we can write (or create), outside every run folder,
+    checked before any work with a probe file in its nearest existing folder."""
+    existing = next((p for p in [output, *output.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise RecipeError(
+            source,
+            "run.output",
+            f"{existing} is a file, not a folder",
+            "point run.output (or --out) at a folder",
+        )
+    inside = next((p for p in [output, *output.parents] if (p / "manifest.json").is_file()), None)
+    if inside is not None:
+        raise RecipeError(
+            source,
+            "run.output",
+            f"{output} is inside the run folder {inside}, which is never edited",
+            "point run.output (or --out) at another folder",
+        )
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing or Path.cwd(), prefix=".nnpatch-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise RecipeError(
+            source,
+            "run.output",
+            f"cannot write to {output} ({err.strerror or type(err).__name__})",
+            "point run.output (or --out) at a folder you can write",
+        ) from None
+
+
+def check_context(model, pairs: list[Pair], answers: PairAnswers) -> None:
+    """Every forward must fit the model's context: question, thoughts, eot, prefix, answer."""
+    limit = model.context_length
+    if limit is None:
+        return
+    for i, pair in enumerate(pairs):
+        answer = max(len(answers.clean[i]), len(answers.corrupt[i]))
+        for side, question in (
+            ("clean", pair.clean_question),
+            ("corrupted", pair.corrupted_question),
+        ):
+            need = model.sequence_length(question, answer)
+            if need > limit:
+                raise PairsError(
+                    f"pair {pair.id!r}: its {side} question needs {need} positions with its "
+                    f"answer, more than {model.name}'s context of {limit}; shorten the "
+                    "question or drop the pair"
+                )
+
+
+def _span_notes(model, pairs: list[Pair], plan: list[PatchSpec]) -> list[str]:
+    """Said out loud when plain-LM spans differ in length: which rows are left out."""
+    spans = [model.span_of(pair) for pair in pairs]
+    if None in spans or len(set(spans)) < 2:
+        return []
+    own = [(spec, i, i) for spec in plan for i in range(len(pairs))]
+    left_out = len(own) - sum(rows_inside_spans(own, model, pairs))
+    return [
+        f"spans differ in length ({min(spans)} to {max(spans)} tokens): {left_out} of "
+        f"{len(own)} patched rows lie past their pair's span and are left out, so positions "
+        "past the shortest span have fewer pairs (n in summary; span_tokens in baselines)"
+    ]

@@ -152,8 +152,9 @@ def keyboard_interrupt_in(module: str, name: str) -> Callable:
     return fault
 
 
-def disk_full_in(module: str, name: str, after: int = 0) -> Callable:
-    """`module.name` raises ENOSPC from its (after+1)-th call on, as a full disk would."""
+def disk_full_in(module: str, name: str, after: int = 0, at: str | None = None) -> Callable:
+    """`module.name` raises ENOSPC from its (after+1)-th call on, as a full disk would; with
+    `at`, from its first call that writes a file of that name on."""
 
     def fault(monkeypatch) -> None:
         import builtins
@@ -166,7 +167,9 @@ def disk_full_in(module: str, name: str, after: int = 0) -> Callable:
 
         def full(path, *args, **kwargs):
             calls["n"] += 1
-            if calls["n"] > after:
+            if at is not None and Path(path).name == at:
+                calls["full"] = True
+            if calls.get("full", at is None) and calls["n"] > after:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
             return real(path, *args, **kwargs)
 

@@ -10,6 +10,10 @@ import polars as pl
 from nnpatch.run.execute import execute
 from nnpatch.run.prepare import prepare
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+PACKAGE = ROOT / "nnpatch"
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"  # beside the repository
+
 
 def toml_value(value) -> str:
     if isinstance(value, str):

@@ -37,7 +37,7 @@ from corpus import (
     truncate_first_shard,
     write_manifest_text,
 )
-from helpers import write_recipe
+from helpers import GSM8K, write_recipe
 
 from nnpatch.cli import main
 
@@ -743,13 +743,13 @@ def fault_cases(tmp: Path, sweep: str) -> list[Case]:
             folder=tmp / "faults" / "full-tables",
             status="failed",
             mid_run=True,
-            fault=disk_full_in("nnpatch.run.folder", "_atomic", after=4),
+            fault=disk_full_in("nnpatch.run.folder", "write_atomic", at="results.parquet"),
         ),
         Case(
             "disk full before the run starts",
             [*run, *out("full-start")],
             "?",
-            fault=disk_full_in("nnpatch.run.folder", "_atomic"),
+            fault=disk_full_in("nnpatch.run.folder", "write_atomic"),
         ),
         Case(
             "folder uncreatable",
@@ -779,9 +779,6 @@ def fault_cases(tmp: Path, sweep: str) -> list[Case]:
             "?",
         ),
     ]
-
-
-GSM8K = Path(__file__).parent.parent.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import write_recipe
+from helpers import GSM8K, ROOT, write_recipe
 
 from nnpatch.cli import main
-
-ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.parametrize(
@@ -98,9 +95,6 @@ def test_hub_recipe_offline_validates_and_inspect_explains(monkeypatch, tmp_path
     result = CliRunner().invoke(main, ["inspect", str(recipe)])
     assert result.exit_code == 2
     assert "`hf download meta-llama/Llama-3.2-1B`" in result.output
-
-
-GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
 @pytest.mark.parametrize("name", ["position", "layer", "chained"])

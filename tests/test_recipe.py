@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from helpers import write_recipe
+from helpers import ROOT, write_recipe
 
 from nnpatch.errors import RecipeError
 from nnpatch.recipe import apply_override, load_recipe
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("**/*.toml"))
+RECIPES = sorted((ROOT / "recipes").glob("**/*.toml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)

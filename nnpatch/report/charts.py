@@ -6,7 +6,8 @@
 - `chained_lines`: recovery (or any metric) against k for `chained` mode, CI bands.
 - `layer_bars`: per-layer bars with CI whiskers and the control mean, for `layer` mode.
 - `top_distributions`: per-pair values of the top cells, with their control.
-- `estimate_vs_exact`: attribution runs: each verified cell's estimate against its exact patch.
+
+A mode's own charts live with the mode (attribution's estimate against exact, for one).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class Undrawable(Exception):
     """A chart whose data holds nothing to draw; the message says why, in a few words."""
 
 
-def _require_finite(values: pl.Series, what: str) -> None:
+def require_finite(values: pl.Series, what: str) -> None:
     if values.is_empty() or not values.cast(pl.Float64).is_finite().any():
         raise Undrawable(f"no finite {what}")
 
@@ -66,7 +67,7 @@ def heatmap(
     summary: pl.DataFrame, metric: str, positions: list[str], title: str | None = None
 ) -> alt.Chart:
     data = _with_labels(summary.filter(pl.col("metric") == metric))
-    _require_finite(data["mean"], f"mean {metric} in any cell")
+    require_finite(data["mean"], f"mean {metric} in any cell")
     layers, wheres = _order(data, positions)
     if metric in SIGNED:
         bound = max(abs(data["mean"].min() or 0), abs(data["mean"].max() or 0), 1e-9)
@@ -89,7 +90,7 @@ def heatmap(
 
 def chained_lines(summary: pl.DataFrame, metric: str) -> alt.Chart:
     frame = _with_labels(summary.filter(pl.col("metric") == metric))
-    _require_finite(frame["mean"], f"mean {metric} at any k")
+    require_finite(frame["mean"], f"mean {metric} at any k")
     data = frame.with_columns((pl.col("k_plus_1") - 1).alias("k")).to_dicts()
     base = alt.Chart(alt.Data(values=data)).encode(
         x=alt.X("k:O", title="k (thoughts 0..k patched)"),
@@ -104,7 +105,7 @@ def chained_lines(summary: pl.DataFrame, metric: str) -> alt.Chart:
 
 def layer_bars(summary: pl.DataFrame, metric: str) -> alt.Chart:
     frame = _with_labels(summary.filter(pl.col("metric") == metric))
-    _require_finite(frame["mean"], f"mean {metric} at any layer")
+    require_finite(frame["mean"], f"mean {metric} at any layer")
     data = frame.to_dicts()
     base = alt.Chart(alt.Data(values=data)).encode(
         x=alt.X("layer_label:N", sort=None, title="layer")
@@ -156,57 +157,3 @@ def top_distributions(
     if left_out:
         title += f" ({left_out} non-finite values left out)"
     return chart.properties(title=title, width=420, height=max(120, 40 * len(best)))
-
-
-def estimate_vs_exact(summary: pl.DataFrame, metric: str) -> alt.Chart:
-    """Mean attribution estimate (x) against the mean exact patch (y, 95% CI) per verified
-    cell; points on the diagonal are cells the estimate got right."""
-    data = estimate_exact_table(summary, metric).filter(
-        pl.col("estimate").is_finite() & pl.col("exact").is_finite()
-    )
-    if data.is_empty():
-        raise Undrawable(f"no verified cell has a finite estimate and exact {metric}")
-    base = alt.Chart(alt.Data(values=data.to_dicts()))
-    bound = [
-        min(data["estimate"].min(), data["exact"].min()),
-        max(data["estimate"].max(), data["exact"].max()),
-    ]
-    diagonal = (
-        alt.Chart(alt.Data(values=[{"v": bound[0]}, {"v": bound[1]}]))
-        .mark_line(color="gray", strokeDash=[4, 4])
-        .encode(x="v:Q", y="v:Q")
-    )
-    bars = base.mark_rule().encode(
-        x="estimate:Q", y=alt.Y("ci95_low:Q", title=f"exact {metric}"), y2="ci95_high:Q"
-    )
-    points = base.mark_point(filled=True, size=60).encode(
-        x=alt.X("estimate:Q", title=f"estimated {metric}"),
-        y="exact:Q",
-        tooltip=[
-            "cell:N",
-            alt.Tooltip("estimate:Q", format="+.3f"),
-            alt.Tooltip("exact:Q", format="+.3f"),
-        ],
-    )
-    return (diagonal + bars + points).properties(
-        title=f"{metric}: attribution estimate against exact patching (verified cells)",
-        width=320,
-        height=320,
-    )
-
-
-def estimate_exact_table(summary: pl.DataFrame, metric: str) -> pl.DataFrame:
-    """Verified cells: layer, position, mean estimate, mean exact value and its CI."""
-    rows = summary.filter(pl.col("metric") == metric)
-    keys = ["layer", "position"]
-    estimated = rows.filter(pl.col("mode") == "attribution").select(
-        *keys, pl.col("mean").alias("estimate")
-    )
-    exact = rows.filter(pl.col("mode") == "single").select(
-        *keys, pl.col("mean").alias("exact"), "ci95_low", "ci95_high"
-    )
-    return (
-        exact.join(estimated, on=keys, nulls_equal=True)
-        .with_columns(pl.format("L{} t{}", pl.col("layer"), pl.col("position")).alias("cell"))
-        .sort(pl.col("estimate").abs(), descending=True)
-    )

@@ -31,10 +31,10 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    _atomic(path, lambda tmp: tmp.write_bytes(data))
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
-def _atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     """`write(tmp)`, then rename over `path`; a failed write leaves no temporary behind."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -69,9 +69,9 @@ def write_table(path: Path, frame: pl.DataFrame) -> None:
     if path.suffix == ".csv":
         flat = frame.with_columns(pl.col(pl.List(pl.String)).list.join(","))
         flat = flat.with_columns(pl.col(pl.List(pl.Int64)).cast(pl.List(pl.String)).list.join(","))
-        _atomic(path, flat.write_csv)
+        write_atomic(path, flat.write_csv)
     else:
-        _atomic(path, frame.write_parquet)
+        write_atomic(path, frame.write_parquet)
 
 
 def now() -> str:

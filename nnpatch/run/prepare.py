@@ -167,64 +167,6 @@ def _keep_both_correct(model, pairs: list[Pair], counts: dict, recipe: Recipe, s
     return kept, counts
 
 
-def _recipe_and_pairs(source: Path, overrides: list[str]):
-    """(recipe, the recipe file's bytes, pairs, pair counts)."""
-    recipe, data = read_recipe(source, overrides)
-    section = recipe.data
-    limit = None if section.filter != "none" else section.limit  # a filter limits after it
-    try:
-        pairs, counts = load_pair_set(
-            section.pairs, source.parent, limit, section.source, section.seed
-        )
-    except PairsError as err:
-        raise RecipeError(source, "data.pairs", str(err)) from None
-    return recipe, data, pairs, counts
-
-
-def _keep_both_correct(model, pairs: list[Pair], counts: dict, recipe: Recipe, source: Path):
-    """Pairs whose clean and corrupted questions the model answers right (greedy, real loop),
-    in order, until data.limit are kept."""
-    if not hasattr(model, "greedy_answers"):
-        raise RecipeError(
-            source,
-            "data.filter",
-            f"{model.name} cannot decode answers",
-            "use filter = 'none' for plain causal LMs",
-        )
-    limit, chunk = recipe.data.limit or len(pairs), max(1, recipe.run.batch_size // 2)
-    kept: list[Pair] = []
-    checked = 0
-    for start in range(0, len(pairs), chunk):
-        part = pairs[start : start + chunk]
-        decoded = model.greedy_answers(
-            [p.clean_question for p in part] + [p.corrupted_question for p in part]
-        )
-        for pair, clean, corrupt in zip(
-            part, decoded[: len(part)], decoded[len(part) :], strict=True
-        ):
-            checked += 1
-            if answer_is(clean, pair.clean_answer) and answer_is(corrupt, pair.corrupted_answer):
-                kept.append(pair)
-            if len(kept) == limit:
-                break
-        if len(kept) == limit:
-            break
-    if not kept:
-        raise RecipeError(
-            source,
-            "data.filter",
-            f"the model answers no pair right on both sides ({checked} checked)",
-            "check the model, or set filter = 'none'",
-        )
-    counts = {
-        **counts,
-        "filter_checked": checked,
-        "filter_dropped": checked - len(kept),
-        "kept": len(kept),
-    }
-    return kept, counts
-
-
 def _check_output(output: Path, source: Path) -> None:
     """run.output must be a folder we can write (or create), outside every run folder,
     checked before any work with a probe file in its nearest existing folder."""

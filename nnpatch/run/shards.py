@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nnpatch.errors import RunFolderError
+from nnpatch.run.folder import write_atomic
 
 FOLDER = "shards"
 NAME = re.compile(r"rows-(\d{9})\.npy")
@@ -67,19 +68,14 @@ class ShardStore:
 
     def write(self, first_row: int, values: np.ndarray) -> None:
         self.folder.mkdir(exist_ok=True)
-        final = self.folder / f"rows-{first_row:09d}.npy"
-        tmp = self.folder / f".{final.name}.tmp"
-        try:
+
+        def save(tmp: Path) -> None:  # on disk before the rename makes it a shard
             with open(tmp, "wb") as handle:
                 np.save(handle, values, allow_pickle=False)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except BaseException as err:
-            tmp.unlink(missing_ok=True)
-            if isinstance(err, OSError):
-                err.filename = str(final)  # the file the user knows, not its temporary
-            raise
+
+        write_atomic(self.folder / f"rows-{first_row:09d}.npy", save)
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -9,6 +9,7 @@ import time
 from functools import partial
 from typing import Literal
 
+import altair as alt
 import polars as pl
 import torch
 from pydantic import Field
@@ -103,9 +104,7 @@ class Attribution(Mode):
                 charts.heatmap, estimated, metric, run.positions, title
             )
             if exact.height:
-                out[f"estimate_vs_exact_{metric}"] = partial(
-                    charts.estimate_vs_exact, run.summary, metric
-                )
+                out[f"estimate_vs_exact_{metric}"] = partial(estimate_vs_exact, run.summary, metric)
         if exact.height:
             results = run.results.filter(pl.col("mode") == "single")
             out[f"top_{run.lead_metric}"] = partial(
@@ -114,7 +113,7 @@ class Attribution(Mode):
         return out
 
     def report_lines(self, run) -> list[str]:
-        table = charts.estimate_exact_table(run.summary, run.lead_metric)
+        table = estimate_exact_table(run.summary, run.lead_metric)
         lines = [
             "",
             f"## Attribution: estimate against exact patching ({run.lead_metric}, verified cells)",
@@ -150,3 +149,57 @@ def verify_cells(
     effect = change.nanmean(dim=1).abs().nan_to_num(-1.0)
     order = torch.argsort(effect, descending=True, stable=True)
     return [specs[i] for i in order[:top].tolist()]
+
+
+def estimate_vs_exact(summary: pl.DataFrame, metric: str) -> alt.Chart:
+    """Mean attribution estimate (x) against the mean exact patch (y, 95% CI) per verified
+    cell; points on the diagonal are cells the estimate got right."""
+    data = estimate_exact_table(summary, metric).filter(
+        pl.col("estimate").is_finite() & pl.col("exact").is_finite()
+    )
+    if data.is_empty():
+        raise charts.Undrawable(f"no verified cell has a finite estimate and exact {metric}")
+    base = alt.Chart(alt.Data(values=data.to_dicts()))
+    bound = [
+        min(data["estimate"].min(), data["exact"].min()),
+        max(data["estimate"].max(), data["exact"].max()),
+    ]
+    diagonal = (
+        alt.Chart(alt.Data(values=[{"v": bound[0]}, {"v": bound[1]}]))
+        .mark_line(color="gray", strokeDash=[4, 4])
+        .encode(x="v:Q", y="v:Q")
+    )
+    bars = base.mark_rule().encode(
+        x="estimate:Q", y=alt.Y("ci95_low:Q", title=f"exact {metric}"), y2="ci95_high:Q"
+    )
+    points = base.mark_point(filled=True, size=60).encode(
+        x=alt.X("estimate:Q", title=f"estimated {metric}"),
+        y="exact:Q",
+        tooltip=[
+            "cell:N",
+            alt.Tooltip("estimate:Q", format="+.3f"),
+            alt.Tooltip("exact:Q", format="+.3f"),
+        ],
+    )
+    return (diagonal + bars + points).properties(
+        title=f"{metric}: attribution estimate against exact patching (verified cells)",
+        width=320,
+        height=320,
+    )
+
+
+def estimate_exact_table(summary: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """Verified cells: layer, position, mean estimate, mean exact value and its CI."""
+    rows = summary.filter(pl.col("metric") == metric)
+    keys = ["layer", "position"]
+    estimated = rows.filter(pl.col("mode") == "attribution").select(
+        *keys, pl.col("mean").alias("estimate")
+    )
+    exact = rows.filter(pl.col("mode") == "single").select(
+        *keys, pl.col("mean").alias("exact"), "ci95_low", "ci95_high"
+    )
+    return (
+        exact.join(estimated, on=keys, nulls_equal=True)
+        .with_columns(pl.format("L{} t{}", pl.col("layer"), pl.col("position")).alias("cell"))
+        .sort(pl.col("estimate").abs(), descending=True)
+    )

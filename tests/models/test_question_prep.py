@@ -4,17 +4,14 @@ strips and collapses double spaces, Coconut's dataset.py feeds the raw text and 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import byte_level_tokenizer
+from helpers import GSM8K, byte_level_tokenizer
 
 from nnpatch.models.base import ThoughtModel
 from nnpatch.models.codi import CodiModel, Projection
 from nnpatch.models.tiny import tiny_lm
-
-GSM8K = Path(__file__).parent.parent.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
 def codi_model(tokenizer, style: str = "codi") -> ThoughtModel:

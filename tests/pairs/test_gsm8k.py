@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
+from helpers import GSM8K
 
 from nnpatch.errors import PairsError
 from nnpatch.pairs import load_pairs
 from nnpatch.pairs.gsm8k import describe_counts, make_pairs, read_gsm8k, write_pairs_jsonl
 
-GSM8K_TEST = Path(__file__).parents[2] / "shared/data/gsm8k/test.jsonl"
+GSM8K_TEST = GSM8K
 NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
 
 # 12 boxes of 6 pens, 25 sold, 9 delivered: 12*6 - 25 + 9 = 56.

@@ -155,7 +155,7 @@ def inspect(recipe: str, overrides: tuple[str, ...]) -> None:
         description = describe(loaded, recipe)
         click.echo(
             f"recipe {recipe}: {loaded.name}, mode {loaded.patch.mode}, "
-            f"site {loaded.patch.site}, direction {loaded.patch.direction}"
+            f"site {loaded.patch.site}, direction {getattr(loaded.patch, 'direction', '-')}"
         )
         click.echo(description)
 

@@ -22,13 +22,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Layers = Literal["all"] | Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)]
+
+
 class PatchCommon(Section):
-    """The [patch] fields of every mode: where it reads or writes, and which way."""
+    """The [patch] fields of the modes that copy activations: where, and which way."""
 
     site: Literal["resid", "attn", "mlp", "thought"] = "resid"
-    layers: Literal["all"] | Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)] = (
-        "all"
-    )
+    layers: Layers = "all"
     positions: Positions = "all"
     direction: Literal["denoise", "noise"] = "denoise"
     # noise floor: the same cells patched from a mismatched pair (seeded derangement)

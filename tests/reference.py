@@ -180,3 +180,37 @@ def reference_rows(
                 }
             )
     return rows
+
+
+def final_norm_and_head(lm, hidden: torch.Tensor) -> np.ndarray:
+    """The model's final norm and LM head written out by hand, in float64: probabilities."""
+    x = hidden.double().reshape(-1)
+    config = lm.config
+    if config.model_type == "llama":
+        weight = lm.model.norm.weight.double()
+        x = x * torch.rsqrt((x * x).mean() + config.rms_norm_eps) * weight
+    else:
+        norm = lm.transformer.ln_f
+        x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + config.layer_norm_epsilon)
+        x = x * norm.weight.double() + norm.bias.double()
+    logits = (lm.lm_head.weight.detach().double() @ x.detach()).numpy()
+    return np.exp(log_softmax(logits))
+
+
+def codi_lens_reference(model: ThoughtModel, question: str, site: str, cells) -> dict:
+    """Per (layer, position): the lens probabilities [V] of one unpadded recurrent forward,
+    the activations recorded by plain hooks at DESIGN.md's calls and tokens."""
+    K = model.num_thoughts
+    stores: dict = {}
+    hooks = []
+    for layer, _ in cells:
+        if layer not in stores:
+            stores[layer] = []
+            hooks.append((site_module(model, site, layer), recorder(stores[layer])))
+    answer = answer_ids(model, "1")
+    run_one(model, question, answer, answer, hooks)
+    out = {}
+    for layer, position in cells:
+        call, token = call_and_token(site, position, K)
+        out[(layer, position)] = final_norm_and_head(model.module.lm, stores[layer][call][0, token])
+    return out

@@ -40,6 +40,8 @@ class Baselines:
     clean_metrics: torch.Tensor  # [pairs, metrics] of the unpatched clean run
     corrupt_metrics: torch.Tensor  # [pairs, metrics] of the unpatched corrupted run
     donor: dict[tuple[int | None, str], torch.Tensor]  # (layer, position) → [pairs, d]
+    # with both runs read: (layer, position) → [2, pairs, d], clean run first
+    runs: dict[tuple[int | None, str], torch.Tensor] | None = None
 
 
 Row = tuple[PatchSpec, int, int]  # (patch, receiver pair index, donor pair index)
@@ -123,13 +125,18 @@ class Engine:
         answers: PairAnswers,
         cells: list[tuple[int | None, str]],
         chunk: int,
+        both_runs: bool = False,
     ) -> Baselines:
+        """Score both unpatched runs of every pair, a chunk of pairs per trace, and record
+        the activations at `cells`: the donor run's, or with `both_runs` both runs'."""
         parts: list[dict] = []
         for start in range(0, len(pairs), chunk):
             index = list(range(start, min(start + chunk, len(pairs))))
-            parts.append(self._baseline_chunk(pairs, answers, index, cells))
+            parts.append(self._baseline_chunk(pairs, answers, index, cells, both_runs))
         scores = {k: torch.cat([p["scores"][k] for p in parts]) for k in parts[0]["scores"]}
-        donor = {cell: torch.cat([p["donor"][cell] for p in parts]) for cell in cells}
+        read = {cell: torch.cat([p["read"][cell] for p in parts], dim=1) for cell in cells}
+        donor_run = 1 if both_runs and self.direction == "noise" else 0
+        donor = {cell: value[donor_run] for cell, value in read.items()}
         clean_logits, corrupt_logits = scores["clean_logits"], scores["corrupt_logits"]
         receiver = corrupt_logits if self.direction == "denoise" else clean_logits
         refs = M.References(
@@ -153,6 +160,7 @@ class Engine:
             M.compute(self.metric_names, clean, refs),
             M.compute(self.metric_names, corrupt, refs),
             donor,
+            read if both_runs else None,
         )
 
     def _baseline_chunk(
@@ -161,14 +169,18 @@ class Engine:
         answers: PairAnswers,
         index: list[int],
         cells: list[tuple[int | None, str]],
+        both_runs: bool,
     ) -> dict:
         n = len(index)
         questions = [pairs[i].clean_question for i in index] + [
             pairs[i].corrupted_question for i in index
         ]
         encoded, targets = self._encode(questions, answers, index + index)
-        donor_rows = list(range(n)) if self.direction == "denoise" else list(range(n, 2 * n))
-        ops = self._ops(encoded, {key: (donor_rows, None) for key in cells})
+        if both_runs:
+            rows = list(range(2 * n))
+        else:
+            rows = list(range(n)) if self.direction == "denoise" else list(range(n, 2 * n))
+        ops = self._ops(encoded, {key: (rows, None) for key in cells})
 
         def split(logits_clean: torch.Tensor, logits_corrupt: torch.Tensor) -> dict:
             s = M.score(logits_clean, logits_corrupt, targets)
@@ -183,8 +195,9 @@ class Engine:
                 "corrupt_lp_corrupt": s.logprob_corrupt[n:],
             }
 
-        scores, donor = self._run(encoded, ops, split)
-        return {"scores": scores, "donor": donor}
+        scores, read = self._run(encoded, ops, split)
+        runs = 2 if both_runs else 1  # [runs, n, d]: the clean run first
+        return {"scores": scores, "read": {k: v.reshape(runs, n, -1) for k, v in read.items()}}
 
     # ---- pass 2: patched rows ------------------------------------------------------------
     def patch(

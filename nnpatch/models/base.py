@@ -124,6 +124,25 @@ class PlacedModule:
 
     loop_positions = 0  # positions between the question and the answer prefix
 
+    @property
+    def lm(self) -> torch.nn.Module:
+        """The Hugging Face causal LM inside (CODI's base model, or the plain LM itself)."""
+        return getattr(self.module, "lm", self.module)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm.config.hidden_size
+
+    @torch.no_grad()
+    def lens_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., d] read as the model reads its last one: its own final norm,
+        then its LM head, in float32 (the logit lens)."""
+        from nnpatch.models.codi import float32_logits
+        from nnpatch.models.families import family_of
+
+        norm = self.lm.get_submodule(family_of(self.lm).norm_path)
+        return float32_logits(self.lm.lm_head, norm(hidden.to(self.dtype)))
+
 
 class ThoughtModel(PlacedModule):
     """A CODI-architecture model with its tokenizer, ready to encode and patch."""

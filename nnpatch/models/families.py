@@ -20,6 +20,7 @@ class Family:
     layers_attr: str  # the ModuleList of decoder layers inside the decoder
     attn_attr: str  # attention sub-block inside one decoder layer (returns a tuple)
     mlp_attr: str  # MLP sub-block inside one decoder layer (returns a tensor)
+    norm_path: str  # the final norm before the LM head, relative to the CausalLM
 
     def decoder(self, lm: nn.Module) -> nn.Module:
         return getattr(lm, self.decoder_path)
@@ -41,8 +42,8 @@ class Family:
 
 
 FAMILIES = {
-    "llama": Family("llama", "model", "layers", "self_attn", "mlp"),
-    "gpt2": Family("gpt2", "transformer", "h", "attn", "mlp"),
+    "llama": Family("llama", "model", "layers", "self_attn", "mlp", "model.norm"),
+    "gpt2": Family("gpt2", "transformer", "h", "attn", "mlp", "transformer.ln_f"),
 }
 
 

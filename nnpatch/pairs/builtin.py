@@ -8,19 +8,19 @@ from nnpatch.pairs.schema import Pair
 
 NAMES = ["Tom", "Sam", "Ann", "Mia", "Leo", "Zoe", "Ben", "Eva"]
 ITEMS = ["apples", "pens", "books", "coins", "cards", "marbles", "eggs", "cookies"]
-# (question template, answer from the three numbers)
+# (question template, the two steps' results from the three numbers; the last is the answer)
 TEMPLATES = [
     (
         "{n} has {a} {x}. {n} buys {b} more and then gives away {c}. How many {x} does {n} have?",
-        lambda a, b, c: a + b - c,
+        lambda a, b, c: (a + b, a + b - c),
     ),
     (
         "{n} has {a} {x} and finds {b} more. Then {n} loses {c}. How many {x} are left?",
-        lambda a, b, c: a + b - c,
+        lambda a, b, c: (a + b, a + b - c),
     ),
     (
         "{n} has {a} boxes with {b} {x} each and eats {c}. How many {x} are left?",
-        lambda a, b, c: a * b - c,
+        lambda a, b, c: (a * b, a * b - c),
     ),
 ]
 
@@ -37,13 +37,16 @@ def tiny_arithmetic(count: int = 24, seed: int = 0) -> list[Pair]:
         if a2 < 2 or a2 == a:
             a2 = a + 10
         fill = {"n": name, "x": item, "b": b, "c": c}
+        clean, corrupt = solve(a, b, c), solve(a2, b, c)
         pairs.append(
             Pair(
                 id=f"tiny-{index:03d}",
                 clean_question=template.format(a=a, **fill),
-                clean_answer=str(solve(a, b, c)),
+                clean_answer=str(clean[-1]),
                 corrupted_question=template.format(a=a2, **fill),
-                corrupted_answer=str(solve(a2, b, c)),
+                corrupted_answer=str(corrupt[-1]),
+                clean_steps=tuple(map(str, clean)),
+                corrupted_steps=tuple(map(str, corrupt)),
             )
         )
     return pairs

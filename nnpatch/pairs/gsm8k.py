@@ -168,10 +168,11 @@ def _pair_for_row(row: dict, index: int, rng: random.Random) -> dict:
         fixed = _fixed_values(question, skip=match)
         for new in _new_values(old, rng):
             try:
-                new_answer = _recompute(steps, Fraction(old), Fraction(new), fixed)
+                new_steps = _recompute(steps, Fraction(old), Fraction(new), fixed)
             except Skip as skip:
                 first = first or skip
                 continue
+            new_answer = int(new_steps[-1])
             if new_answer == final:
                 first = first or Skip("answer_unchanged")
                 continue
@@ -181,9 +182,12 @@ def _pair_for_row(row: dict, index: int, rng: random.Random) -> dict:
                 clean_answer=str(final),
                 corrupted_question=question[: match.start()] + str(new) + question[match.end() :],
                 corrupted_answer=str(new_answer),
+                clean_steps=tuple(step_text(step.result) for step in steps),
+                corrupted_steps=tuple(map(step_text, new_steps)),
             )
             provenance = {"changed_number": match.group(), "old_value": old, "new_value": new}
-            return asdict(pair) | {"source_index": index} | provenance
+            record = asdict(pair) | {"source_index": index} | provenance
+            return record | {key: list(record[key]) for key in ("clean_steps", "corrupted_steps")}
     assert first is not None
     raise first
 
@@ -303,8 +307,18 @@ def _new_values(old: int, rng: random.Random) -> list[int]:
     return values
 
 
-def _recompute(steps: list[Step], old: Fraction, new: Fraction, fixed: set[Fraction]) -> int:
-    """The last step's result with `old` changed to `new` and every change propagated."""
+def step_text(value: Fraction) -> str:
+    """A step's result as GSM8K writes it: 24, 2.5 (a fraction that does not end, to 6 places)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{float(value):.6f}".rstrip("0").rstrip(".")
+
+
+def _recompute(
+    steps: list[Step], old: Fraction, new: Fraction, fixed: set[Fraction]
+) -> list[Fraction]:
+    """Every step's result with `old` changed to `new` and every change propagated (the last
+    is the answer)."""
     if old in fixed:
         raise Skip("changed_value_also_implied")
     produced: dict[Fraction, set[Fraction]] = {}  # old step result -> its new values
@@ -328,9 +342,10 @@ def _recompute(steps: list[Step], old: Fraction, new: Fraction, fixed: set[Fract
             raise Skip("ambiguous_collision")  # e.g. a changed step result equals a fixed number
         return sources.pop()
 
-    result = Fraction(0)
+    results = []
     for number, step in enumerate(steps, start=1):
         result = _evaluate(step.expr, literal)
+        results.append(result)
         # A count or amount that was a positive whole number must stay one.
         whole = step.result > 0 and step.result.denominator == 1
         if whole and (result <= 0 or result.denominator != 1):
@@ -339,4 +354,4 @@ def _recompute(steps: list[Step], old: Fraction, new: Fraction, fixed: set[Fract
         produced.setdefault(step.result, set()).add(result)
     if not used:
         raise Skip("changed_number_not_in_annotations")
-    return int(result)
+    return results

@@ -8,7 +8,7 @@ from pathlib import Path
 from nnpatch.errors import PairsError
 from nnpatch.pairs.builtin import BUILTIN
 from nnpatch.pairs.jsonl import jsonl_lines
-from nnpatch.pairs.schema import FIELDS, Pair
+from nnpatch.pairs.schema import FIELDS, STEPS, Pair
 
 GENERATORS = ("gsm8k",)
 
@@ -37,7 +37,10 @@ def load_pair_set(
         from nnpatch.pairs.gsm8k import make_pairs, read_gsm8k
 
         records, counts = make_pairs(read_gsm8k(_resolve(source, base_dir)), n=limit, seed=seed)
-        pairs = [Pair(**{k: str(r[k]) for k in FIELDS}) for r in records]
+        pairs = [
+            Pair(**{k: str(r[k]) for k in FIELDS}, **{k: tuple(r[k]) for k in STEPS})
+            for r in records
+        ]
         counts = {**counts, "generated": len(pairs)}
     else:
         pairs = BUILTIN[name]() if name in BUILTIN else read_jsonl(_resolve(name, base_dir))
@@ -101,7 +104,24 @@ def _pair_from_row(row: dict, where: str) -> Pair:
         if not text.strip():
             raise PairsError(f"{where}: field {field!r} is empty")
         values[field] = text if field in QUESTIONS else text.strip()
+    for field in STEPS:
+        if field in row:
+            values[field] = _steps(row[field], field, where)
     return Pair(**values)
+
+
+def _steps(value: object, field: str, where: str) -> tuple[str, ...]:
+    """Each calculator step's result, in order: a list of numbers or text."""
+    fine = isinstance(value, list) and all(
+        isinstance(v, str | int | float) and not isinstance(v, bool) and str(v).strip()
+        for v in value
+    )
+    if not fine:
+        raise PairsError(
+            f"{where}: field {field!r} must be a list of values (each calculator step's "
+            'result, in order), e.g. ["24", "72"]'
+        )
+    return tuple(str(v).strip() for v in value)
 
 
 def check_pairs(pairs: list[Pair], source: str) -> None:

@@ -99,7 +99,13 @@ def toy_arithmetic(
     """Pairs for the embedded model: one number changed, the answer recomputed."""
     return [
         Pair(
-            f"toy-{i:03d}", clean.question, str(clean.answer), corrupt.question, str(corrupt.answer)
+            f"toy-{i:03d}",
+            clean.question,
+            str(clean.answer),
+            corrupt.question,
+            str(corrupt.answer),
+            clean_steps=tuple(map(str, clean.results)),
+            corrupted_steps=tuple(map(str, corrupt.results)),
         )
         for i, (clean, corrupt) in enumerate(pair_problems(count, seed, num_ops))
     ]

@@ -13,12 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
-
 from nnpatch.engine.modes import mode_for
 from nnpatch.report import charts
 from nnpatch.report.load import Run, describe_error, load_run
-from nnpatch.report.summary import cell_label, signed, top_cells
+from nnpatch.report.summary import signed
+from nnpatch.report.top import Table
 from nnpatch.run.folder import write_bytes, write_text
 
 TOP = 10
@@ -86,34 +85,8 @@ def draw_charts(
     return specs, notes, written
 
 
-def _top(run: Run) -> pl.DataFrame:
-    return top_cells(run.summary, run.lead_metric, TOP)
-
-
-def _top_rows(run: Run) -> list[list[str]]:
-    rows = []
-    for row in _top(run).iter_rows(named=True):
-        control = "" if row["control_mean"] is None else signed(row["control_mean"])
-        beats = {True: "yes", False: "no", None: ""}[row["differs_from_control"]]
-        ci = (
-            ""
-            if row["ci95_low"] is None
-            else f"[{signed(row['ci95_low'])}, {signed(row['ci95_high'])}]"
-        )
-        rows.append(
-            [
-                cell_label(row),
-                signed(row["mean"]),
-                ci,
-                str(row["n"]),
-                control,
-                beats,
-            ]
-        )
-    return rows
-
-
-TOP_HEADER = ["cell", "mean", "95% CI", "n", "control", "differs from control"]
+def _key_table(run: Run) -> Table:
+    return mode_for(run.resolved["patch"]["mode"]).key_table(run.summary, run.metrics)
 
 
 def _baseline_rows(run: Run) -> list[list[str]]:
@@ -142,17 +115,17 @@ def _facts(run: Run) -> list[tuple[str, str]]:
             "model",
             f"{model['name']} ({model['num_layers']} layers, {model['dtype']}, {model['device']})",
         ),
-        (
-            "patch",
-            f"mode {patch['mode']}, site {patch['site']}, direction "
-            f"{patch['direction']}, control {patch.get('control', 'none')}",
-        ),
+        ("patch", ", ".join(f"{k} {_shown(v)}" for k, v in patch.items())),
         ("pairs", pairs),
         ("rows", str(m.get("rows", run.results.height))),
         ("status", m["status"]),
         ("timings (s, rows/s)", timings),
         ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())),
     ]
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -168,6 +141,7 @@ def _page(run: Run, specs: dict[str, dict], bundle: str, notes: list[str]) -> st
     facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _facts(run))
     divs = "".join(f'<div class="chart" id="chart-{i}"></div>' for i in range(len(specs)))
     divs += "".join(f'<p class="note">{html.escape(note)}</p>' for note in notes)
+    key = _key_table(run)
     embeds = "".join(
         f"vegaEmbed('#chart-{i}', {json.dumps(spec)}, {{actions: false}});"
         for i, spec in enumerate(specs.values())
@@ -178,10 +152,9 @@ def _page(run: Run, specs: dict[str, dict], bundle: str, notes: list[str]) -> st
 <h1>{title}</h1><dl>{facts}</dl>
 <h2>Baselines (mean over pairs)</h2>
 {html_table(["metric", "clean", "corrupted"], _baseline_rows(run))}
-<h2>Top cells by mean {html.escape(run.lead_metric)}</h2>
-<p>95% CIs are percentile bootstraps over pairs. A cell differs from the control when the CI of its
-paired difference to the random-donor control excludes zero.</p>
-{html_table(TOP_HEADER, _top_rows(run))}
+<h2>{html.escape(key.title)}</h2>
+<p>{html.escape(key.note)}</p>
+{html_table(key.header, key.rows)}
 <h2>Charts</h2>{divs}
 <h2>Recipe</h2><pre>{html.escape(run.recipe_text)}</pre>
 <script>{embeds}</script>
@@ -208,14 +181,15 @@ def _markdown(run: Run, notes: list[str]) -> str:
         "|---|---|---|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _baseline_rows(run)]
+    key = _key_table(run)
     lines += [
         "",
-        f"## Top cells by mean {run.lead_metric}",
+        f"## {key.title}",
         "",
-        "| " + " | ".join(TOP_HEADER) + " |",
-        "|" + "---|" * len(TOP_HEADER),
+        "| " + " | ".join(key.header) + " |",
+        "|" + "---|" * len(key.header),
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in _top_rows(run)]
+    lines += ["| " + " | ".join(row) + " |" for row in key.rows]
     lines += mode_for(run.resolved["patch"]["mode"]).report_lines(run)
     if notes:
         lines += ["", "## Charts not drawn", "", *[f"- {note}" for note in notes]]

@@ -25,7 +25,6 @@ from nnpatch.engine.modes import Sweep
 from nnpatch.errors import BaselineError, FolderError, Terminated
 from nnpatch.pairs import Pair
 from nnpatch.report.page import render as render_report
-from nnpatch.report.summary import summarize
 from nnpatch.run import folder
 from nnpatch.run.fingerprint import fingerprint
 from nnpatch.run.prepare import Prepared
@@ -74,23 +73,21 @@ def execute(
         folder.write_manifest(path / "manifest.json", manifest)
         started = time.perf_counter()
         finished = _sweep(prep, path, progress)
+        finished.timings.update(
+            total_s=time.perf_counter() - started,
+            rows_per_s=finished.timings["rows_computed"] / max(finished.timings["patch_s"], 1e-9),
+        )
+        done = {
+            "rows": finished.results.height,
+            "nonfinite_rows": int(finished.results["nonfinite"].sum()),
+            "timings": finished.timings,
+        }
     except BaseException as err:
         ended = _ended(path, manifest, err)
         if ended is err:
             raise
         raise ended from None
-    total = time.perf_counter() - started
-    finished.timings.update(
-        total_s=total,
-        rows_per_s=finished.timings["rows_computed"] / max(finished.timings["patch_s"], 1e-9),
-    )
-    manifest.update(
-        status="finished",
-        ended=folder.now(),
-        rows=finished.results.height,
-        nonfinite_rows=finished.results["nonfinite"].sum(),
-        timings=finished.timings,
-    )
+    manifest.update(status="finished", ended=folder.now(), **done)
     finished.report = _report(path, manifest)
     ShardStore(path).remove()  # results.parquet holds every row now
     return finished
@@ -170,8 +167,9 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     recipe, engine, pairs = prep.recipe, prep.engine, prep.pairs
     names = recipe.metrics.names
     clock = time.perf_counter()
-    cells = prep.mode.donor_cells(prep.plan)
-    base = engine.baselines(pairs, prep.answers, cells, max(1, recipe.run.batch_size // 2))
+    cells = prep.mode.cells(prep.plan)
+    chunk = max(1, recipe.run.batch_size // 2)
+    base = engine.baselines(pairs, prep.answers, cells, chunk, prep.mode.reads_both_runs)
     _check_finite_baselines(pairs, base)
     baseline_s = time.perf_counter() - clock
     store = ShardStore(path)
@@ -191,9 +189,13 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     )
     folder.write_table(path / "results.parquet", results)
     folder.write_table(path / "baselines.parquet", baselines)
+    for name, table in computed.tables.items():
+        folder.write_table(path / f"{name}.parquet", table)
+    for name, tensors in computed.tensors.items():
+        folder.write_tensors(path / f"{name}.safetensors", tensors)
     tables_s = time.perf_counter() - clock
     clock = time.perf_counter()
-    summary = summarize(results, names, recipe.run.seed)
+    summary = prep.mode.summarize(results, recipe)
     folder.write_table(path / "summary.parquet", summary)
     folder.write_table(path / "summary.csv", summary)
     timings = {

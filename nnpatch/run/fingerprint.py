@@ -32,7 +32,8 @@ def recipe_hash(recipe: Recipe) -> str:
 
 
 def pairs_hash(pairs: list[Pair]) -> str:
-    return _sha([asdict(p) for p in pairs])
+    """Pairs without steps hash as they did before pairs could carry steps."""
+    return _sha([{k: v for k, v in asdict(p).items() if v != ()} for p in pairs])
 
 
 @torch.no_grad()

@@ -74,6 +74,14 @@ def write_table(path: Path, frame: pl.DataFrame) -> None:
         write_atomic(path, frame.write_parquet)
 
 
+def write_tensors(path: Path, tensors: dict) -> None:
+    """Named tensors as one safetensors file (contiguous, on the CPU), written atomically."""
+    from safetensors.torch import save_file
+
+    flat = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(flat, str(tmp)))
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

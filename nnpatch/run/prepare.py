@@ -71,7 +71,7 @@ def prepare(
         engine = Engine(
             model,
             recipe.patch.site,
-            recipe.patch.direction,
+            getattr(recipe.patch, "direction", "denoise"),  # modes that copy nothing have none
             recipe.metrics.names,
             remote=recipe.run.remote,
         )
@@ -79,6 +79,7 @@ def prepare(
         check_context(model, pairs, answers)
     except PairsError as err:
         raise RecipeError(source, "data.pairs", str(err)) from None
+    mode.check(recipe, model, pairs, plan, source)
     notes = _span_notes(model, pairs, plan) + mode.notes(recipe, pairs)
     return Prepared(
         recipe, source, data, overrides, model, pairs, counts, mode, plan, engine, answers, notes

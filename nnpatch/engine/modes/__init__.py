@@ -7,9 +7,10 @@ from typing import get_args
 
 from nnpatch.engine.modes.attribution import Attribution
 from nnpatch.engine.modes.base import Computed, Mode, Sweep
+from nnpatch.engine.modes.lens import Lens
 from nnpatch.engine.modes.patching import Patching
 
-FAMILIES: tuple[Mode, ...] = (Patching(), Attribution())
+FAMILIES: tuple[Mode, ...] = (Patching(), Attribution(), Lens())
 
 MODES: dict[str, Mode] = {
     get_args(section.model_fields["mode"].annotation)[0]: family

@@ -5,10 +5,14 @@ The runner (`nnpatch.run.execute`) runs the same stages for every mode: prepare,
 rows, tables, statistics, report. A mode fills in the parts that are its own:
 
 - `sections`: the recipe [patch] tables it runs (each a pydantic model with a `mode` tag);
-- `plan`: the rows it patches per pair, checked against the model;
-- `donor_cells`: the activations the baseline pass records for it;
-- `compute`: its rows, from the engine's traced forwards, saved batch by batch in shards;
-- `charts` and `report_lines`: what it adds to the report.
+- `plan`: the rows it patches per pair, checked against the model; `check`: anything else
+  that must hold before a run starts (an export's size, say);
+- `cells`, `reads_both_runs`: the activations the baseline pass records for it;
+- `compute`: its rows, from the engine's traced forwards, saved batch by batch in shards,
+  and any tables or tensors of its own;
+- `summarize`: the statistics stage (default: per cell, mean and CI over pairs, control);
+- `key_table`, `screen_lines`, `charts`, `report_lines`: what the report and the end-of-run
+  screen show.
 
 A new mode is one module with a `Mode` subclass, its tests, and one entry in
 `nnpatch.engine.modes.FAMILIES`.
@@ -17,7 +21,7 @@ A new mode is one module with a `Mode` subclass, its tests, and one entry in
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -27,6 +31,8 @@ import torch
 from nnpatch.engine.plan import PatchSpec
 from nnpatch.engine.trace import Baselines, Engine, PairAnswers, Row
 from nnpatch.pairs import Pair
+from nnpatch.report.summary import lead_metric, summarize
+from nnpatch.report.top import Table, top_cells_lines, top_cells_table
 
 if TYPE_CHECKING:
     from nnpatch.models.base import ModelShape
@@ -97,11 +103,14 @@ def rows_inside_spans(rows: list[Row], model, pairs: list[Pair]) -> list[bool]:
 
 @dataclass
 class Computed:
-    """A mode's rows as the results table, and what computing them cost."""
+    """A mode's rows as the results table, what computing them cost, and the mode's own
+    outputs: tables (`<name>.parquet`) and tensors (`<name>.safetensors`)."""
 
     results: pl.DataFrame
     rows_computed: int
     seconds: float
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 class Mode:
@@ -110,11 +119,18 @@ class Mode:
     sections: ClassVar[tuple[type, ...]] = ()
     # why its traced forwards cannot run on NDIF, or None when they can
     remote_refusal: ClassVar[str | None] = None
+    # the baseline pass records both runs' activations (not only the donor's)
+    reads_both_runs: ClassVar[bool] = False
 
     def plan(self, patch, shape: ModelShape, source: str | Path) -> list[PatchSpec]:
         raise NotImplementedError
 
-    def donor_cells(self, plan: list[PatchSpec]) -> list[tuple[int | None, str]]:
+    def check(
+        self, recipe: Recipe, model, pairs: list[Pair], plan: list[PatchSpec], source
+    ) -> None:
+        """Refuse, with a RecipeError, what only the built model and pairs can tell."""
+
+    def cells(self, plan: list[PatchSpec]) -> list[tuple[int | None, str]]:
         """Every (layer, position) the plan patches, in a stable order."""
         return sorted(
             {(spec.layer, p) for spec in plan for p in spec.positions},
@@ -127,6 +143,20 @@ class Mode:
 
     def compute(self, sweep: Sweep) -> Computed:
         raise NotImplementedError
+
+    def summarize(self, results: pl.DataFrame, recipe: Recipe) -> pl.DataFrame:
+        """Per cell and metric: mean, sem, bootstrap CI over pairs, and the control."""
+        return summarize(results, recipe.metrics.names, recipe.run.seed)
+
+    def key_table(self, summary: pl.DataFrame, metrics: list[str]) -> Table:
+        """The table the report leads with."""
+        return top_cells_table(summary, lead_metric(metrics))
+
+    def screen_lines(self, summary: pl.DataFrame, recipe: Recipe) -> list[str]:
+        """What the end-of-run screen says about the rows."""
+        patch = recipe.patch
+        title = f"{patch.mode}, {patch.site}, {getattr(patch, 'direction', '')}".rstrip(", ")
+        return top_cells_lines(summary, lead_metric(recipe.metrics.names), title)
 
     def charts(self, run) -> dict[str, Callable[[], object]]:
         """Chart makers by file stem (each builds one altair chart, and may raise

@@ -2,8 +2,8 @@
 
 The public API, imported lazily so `nnpatch --help` stays fast:
 `load_recipe`, `Recipe`, `build_model`, `ThoughtModel`, `prepare`, `execute`,
-`Pair`, `load_pairs`, `load_run` and `Run` (a finished run's tables), `charts`, and the
-error types.
+`Pair`, `load_pairs`, `load_run` and `Run` (a finished run's tables), `load_activations`
+(a record run's tensor and index), `charts`, and the error types.
 """
 
 from importlib import import_module
@@ -23,6 +23,7 @@ _LAZY = {
     "load_pairs": "nnpatch.pairs",
     "load_run": "nnpatch.report.load",
     "Run": "nnpatch.report.load",
+    "load_activations": "nnpatch.report.load",
 }
 _MODULES = {"charts": "nnpatch.report.charts"}  # chart functions for notebooks
 

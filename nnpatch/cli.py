@@ -80,8 +80,6 @@ def run(
 ) -> None:
     from pathlib import Path
 
-    from nnpatch.report.screen import render_summary
-    from nnpatch.run.execute import execute
     from nnpatch.run.prepare import prepare
     from nnpatch.run.resume import resume_source
 
@@ -99,23 +97,57 @@ def run(
             resume = (Path(resume_dir), manifest)
         else:
             prep = prepare(recipe, list(overrides), limit, out)
+        _execute(prep, resume)
 
-        def start(total: int):  # once the sweep begins: what it is, then the bar
-            click.echo(
-                f"{prep.model.name}: {len(prep.pairs)} pairs, {len(prep.plan)} patches per "
-                f"pair, {total} rows, batch {prep.recipe.run.batch_size}",
-                err=True,
-            )
-            return _progress(total)
 
-        finished = execute(prep, progress=start, resume=resume)
-        click.echo(render_summary(prep, finished))
-        if "error" in finished.report:
-            click.echo(
-                f"warning: the report was not written ({finished.report['error']}); the tables "
-                f"are; draw it again with: nnpatch report {finished.path}",
-                err=True,
-            )
+RECORD_HELP = """Export every cell's activation of a RECIPE, both runs of every pair.
+
+\b
+Example:
+  nnpatch record recipes/position.toml --set patch.layers=[0,2] --limit 16
+
+Runs the recipe's model, pairs, site, layers and positions in mode "record": the
+activations go to activations.safetensors in the run folder, indexed by results.parquet;
+load both with nnpatch.load_activations(RUN_DIR). An export over run.max_export (default
+2GiB) is refused before anything runs. Continue a stopped one with nnpatch run --resume.
+"""
+
+
+@main.command(help=RECORD_HELP)
+@click.argument("recipe", type=click.Path())
+@SET_OPTION
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N pairs.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (run.output).")
+def record(recipe: str, overrides: tuple[str, ...], limit: int | None, out: str | None) -> None:
+    from nnpatch.recipe import record_override
+    from nnpatch.run.prepare import prepare
+
+    with _errors(), _stop_signals():
+        as_record = record_override(recipe)
+        _execute(prepare(recipe, [as_record, *overrides], limit, out), None)
+
+
+def _execute(prep, resume) -> None:
+    """Run a prepared recipe with a progress bar, then print the end-of-run screen."""
+    from nnpatch.report.screen import render_summary
+    from nnpatch.run.execute import execute
+
+    def start(total: int):  # once the sweep begins: what it is, then the bar
+        click.echo(
+            f"{prep.model.name}: {len(prep.pairs)} pairs, {len(prep.plan)} patches per "
+            f"pair, {total} rows, batch {prep.recipe.run.batch_size}",
+            err=True,
+        )
+        return _progress(total)
+
+    finished = execute(prep, progress=start, resume=resume)
+    click.echo(render_summary(prep, finished))
+    if "error" in finished.report:
+        click.echo(
+            f"warning: the report was not written ({finished.report['error']}); the tables "
+            f"are; draw it again with: nnpatch report {finished.path}",
+            err=True,
+        )
 
 
 @main.command()

@@ -8,6 +8,7 @@ ranges) happen in each mode's plan, before any run folder is made.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -19,6 +20,7 @@ from nnpatch.engine.metrics import METRICS
 from nnpatch.engine.modes import MODES, SECTIONS
 from nnpatch.errors import RecipeError
 from nnpatch.fields import Float, Int, Section
+from nnpatch.sizes import parse_size
 
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -101,8 +103,16 @@ class RunSection(Section):
     batch_size: Int = Field(default=64, ge=1, le=65536)
     output: str = Field(default="outputs", min_length=1)
     seed: Int = 0
+    # the largest export a run may write (mode record), e.g. "2GiB"; checked before it runs
+    max_export: int | str = "2GiB"
     # true: every traced forward runs on NDIF; "local": serialised as for NDIF, run here
     remote: bool | Literal["local"] = False
+
+    @field_validator("max_export")
+    @classmethod
+    def _a_size(cls, value: int | str) -> int | str:
+        parse_size(value)
+        return value
 
     @field_validator("remote", mode="before")
     @classmethod
@@ -129,23 +139,48 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 def read_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, bytes]:
     """The validated recipe and the file's bytes as read (a run folder keeps them verbatim)."""
     path = Path(path)
+    data = _read_bytes(path)
+    raw = _parse(data, path)
+    for item in overrides:
+        apply_override(raw, item, path)
+    return validate_recipe(raw, path), data
+
+
+def _read_bytes(path: Path) -> bytes:
     if path.is_dir():
         raise RecipeError(path, "(file)", "is a folder, not a recipe file", "give a .toml file")
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise RecipeError(path, "(file)", "no such recipe file", "check the path") from None
     except OSError as err:
         raise RecipeError(path, "(file)", f"cannot read it ({err.strerror})") from None
+
+
+def _parse(data: bytes, path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(data.decode("utf-8"))
+        return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise RecipeError(path, "(file)", "not UTF-8 text", "save the recipe as UTF-8") from None
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(path, "(toml)", f"malformed TOML: {err}", "fix the syntax") from None
-    for item in overrides:
-        apply_override(raw, item, path)
-    return validate_recipe(raw, path), data
+
+
+def _read_raw(path: Path) -> dict[str, Any]:
+    return _parse(_read_bytes(path), path)
+
+
+RECORDED = ("site", "layers", "positions")  # what `nnpatch record` keeps of a [patch] table
+
+
+def record_override(path: str | Path) -> str:
+    """The `--set` that turns a recipe into a record run of its own cells: its [patch] table
+    replaced by mode "record" with the same site, layers and positions (kept in the
+    manifest's overrides, so --resume rebuilds the same run)."""
+    raw = _read_raw(Path(path))
+    patch = raw.get("patch") if isinstance(raw.get("patch"), dict) else {}
+    kept = {"mode": "record", **{k: patch[k] for k in RECORDED if k in patch}}
+    return "patch={" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in kept.items()) + "}"
 
 
 def validate_recipe(raw: dict[str, Any], path: str | Path = "<recipe>") -> Recipe:

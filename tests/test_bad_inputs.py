@@ -334,6 +334,18 @@ def recipe_cases(tmp: Path, base: str) -> list[Case]:
             ],
             "?",
         ),
+        # the lens and record modes
+        Case("the lens on the attn site", [*run, "patch={mode='lens', site='attn'}"]),
+        Case("a direction on the lens", [*run, "patch={mode='lens', direction='noise'}"]),
+        Case("top_k zero", [*run, "patch={mode='lens', top_k=0}"]),
+        Case("top_k on patching", [*run, "patch.top_k=3"]),
+        Case("max_export not a size", [*run, "run.max_export='lots'"]),
+        Case("max_export zero", [*run, "run.max_export=0"]),
+        Case(
+            "an export over the limit",
+            [*run, "patch={mode='record'}", "--set", "run.max_export='1KiB'"],
+        ),
+        Case("record: a folder", ["record", str(tmp)]),
         # overrides
         Case("--set without =", [*run, "patch.site"], "?"),
         Case("--set with an empty key part", [*run, "patch..site=1"], "?"),
@@ -412,6 +424,13 @@ def pairs_cases(tmp: Path, base: str) -> list[Case]:
             "a list question",
             [*run, bad_pairs("list.jsonl", [{**GOOD_PAIR, "clean_question": ["a"]}])],
             "?",
+        ),
+        Case(
+            "steps not a list", [*run, bad_pairs("st.jsonl", [{**GOOD_PAIR, "clean_steps": "7"}])]
+        ),
+        Case(
+            "a boolean step",
+            [*run, bad_pairs("sb.jsonl", [{**GOOD_PAIR, "corrupted_steps": [True]}])],
         ),
         Case(
             "answers with the same tokens",
@@ -866,7 +885,7 @@ def test_every_case_is_one_line_its_exit_code_and_a_true_folder_state(corpus, mo
 
 # the messages of the cases above that do not spell theirs out
 EXPECTED: dict[str, str] = {
-    "patch.mode = 'diagonal'": "{tmp}/base.toml: patch.mode: unknown mode 'diagonal'; use one of 'single', 'layer', 'chained', 'sets', 'attribution'",
+    "patch.mode = 'diagonal'": "{tmp}/base.toml: patch.mode: unknown mode 'diagonal'; use one of 'single', 'layer', 'chained', 'sets', 'attribution', 'lens', 'record'",
     "patch.site = 'residual'": "{tmp}/base.toml: patch.site: Input should be 'resid', 'attn', 'mlp' or 'thought'; got 'residual'",
     "patch.direction = 'up'": "{tmp}/base.toml: patch.direction: Input should be 'denoise' or 'noise'; got 'up'",
     "patch.control = 'shuffle'": "{tmp}/base.toml: patch.control: Input should be 'random-donor' or 'none'; got 'shuffle'",
@@ -987,4 +1006,14 @@ EXPECTED: dict[str, str] = {
     "folder uncreatable": "{tmp}/faults/mk: No space left on device; choose another run.output (or --out)",
     "a model folder that asks for its own code": "{tmp}/sweep.toml: model.checkpoint: {tmp}/remote-code/config.json asks for custom code (auto_map); nnpatch never runs code from a model folder: use a model of a standard transformers architecture",
     "a corrupt tokenizer": "{tmp}/sweep.toml: model.checkpoint: {tmp}/bad-tokenizer: cannot load its tokenizer (Expecting ',' delimiter: line 1 column 44 (char 43))",
+    "the lens on the attn site": "{tmp}/base.toml: patch.site: Input should be 'resid' or 'thought'; got 'attn'",
+    "a direction on the lens": "{tmp}/base.toml: patch.direction: unknown key; remove it or check its spelling against the README's recipe reference",
+    "top_k zero": "{tmp}/base.toml: patch.top_k: Input should be greater than or equal to 1; got 0",
+    "top_k on patching": "{tmp}/base.toml: patch.top_k: unknown key; remove it or check its spelling against the README's recipe reference",
+    "max_export not a size": "{tmp}/base.toml: run.max_export: write a size such as 2GiB, 512MiB, 1.5GB or a number of bytes; got 'lots'",
+    "max_export zero": "{tmp}/base.toml: run.max_export: write a size such as 2GiB, 512MiB, 1.5GB or a number of bytes; got 0",
+    "an export over the limit": "{tmp}/base.toml: run.max_export: the export would be 36.0 KiB (144 activations of 64 float32 values), more than 1.0 KiB; raise run.max_export, or narrow patch.layers, patch.positions or data.limit",
+    "record: a folder": "{tmp}: (file): is a folder, not a recipe file; give a .toml file",
+    "steps not a list": '{tmp}/base.toml: data.pairs: {tmp}/st.jsonl:1: field \'clean_steps\' must be a list of values (each calculator step\'s result, in order), e.g. ["24", "72"]',
+    "a boolean step": '{tmp}/base.toml: data.pairs: {tmp}/sb.jsonl:1: field \'corrupted_steps\' must be a list of values (each calculator step\'s result, in order), e.g. ["24", "72"]',
 }

@@ -12,7 +12,18 @@ from nnpatch.cli import main
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["run"], ["validate"], ["inspect"], ["pairs"], ["pairs", "gsm8k"]]
+    "command",
+    [
+        [],
+        ["run"],
+        ["record"],
+        ["validate"],
+        ["inspect"],
+        ["report"],
+        ["compare"],
+        ["pairs"],
+        ["pairs", "gsm8k"],
+    ],
 )
 def test_every_command_has_help(command):
     """--help works on the group and on each command."""
@@ -97,7 +108,7 @@ def test_hub_recipe_offline_validates_and_inspect_explains(monkeypatch, tmp_path
     assert "`hf download meta-llama/Llama-3.2-1B`" in result.output
 
 
-@pytest.mark.parametrize("name", ["position", "layer", "chained"])
+@pytest.mark.parametrize("name", ["position", "layer", "chained", "lens"])
 def test_gsm8k_llama1b_recipes_validate_offline(monkeypatch, tmp_path, name):
     """The original experiment's recipes validate with no hub: 57 generated GSM8K pairs."""
     if not GSM8K.exists():

@@ -82,3 +82,24 @@ def load_run(path: str | Path, manifest: dict | None = None) -> Run:
 def describe_error(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text[:160]}" if text else type(err).__name__
+
+
+def load_activations(path: str | Path):
+    """A finished record run's activations: the [rows, d] tensor and its index (a polars
+    table: row, pair_id, run, site, layer, position, token_index, token)."""
+    from safetensors.torch import load_file
+
+    run = load_run(path)
+    file = run.path / "activations.safetensors"
+    if not file.is_file():
+        raise RunFolderError(f"{run.path}: no activations.safetensors (not a record run)")
+    try:
+        tensor = load_file(str(file))["activations"]
+    except Exception as err:  # noqa: BLE001 - a damaged file: one line
+        raise RunFolderError(f"{file}: unreadable ({describe_error(err)})") from None
+    index = run.results.select(
+        "row", "pair_id", "run", "site", "layer", "position", "token_index", "token"
+    )
+    if tensor.shape[0] != index.height:
+        raise RunFolderError(f"{file}: {tensor.shape[0]} rows but an index of {index.height}")
+    return tensor, index

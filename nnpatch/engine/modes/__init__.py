@@ -9,8 +9,9 @@ from nnpatch.engine.modes.attribution import Attribution
 from nnpatch.engine.modes.base import Computed, Mode, Sweep
 from nnpatch.engine.modes.lens import Lens
 from nnpatch.engine.modes.patching import Patching
+from nnpatch.engine.modes.record import Record
 
-FAMILIES: tuple[Mode, ...] = (Patching(), Attribution(), Lens())
+FAMILIES: tuple[Mode, ...] = (Patching(), Attribution(), Lens(), Record())
 
 MODES: dict[str, Mode] = {
     get_args(section.model_fields["mode"].annotation)[0]: family

@@ -103,6 +103,9 @@ class RunSection(Section):
     batch_size: Int = Field(default=64, ge=1, le=65536)
     output: str = Field(default="outputs", min_length=1)
     seed: Int = 0
+    # full: report.html and every chart as HTML and PNG; html: no PNGs; none: tables only
+    # (`nnpatch report RUN_DIR` draws the report later)
+    report: Literal["full", "html", "none"] = "full"
     # the largest export a run may write (mode record), e.g. "2GiB"; checked before it runs
     max_export: int | str = "2GiB"
     # true: every traced forward runs on NDIF; "local": serialised as for NDIF, run here

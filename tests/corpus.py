@@ -23,7 +23,10 @@ GOOD_PAIR = {
     "corrupted_question": "Tom has 5 coins",
     "corrupted_answer": "5",
 }
-RUN = {"patch": {"mode": "single", "layers": [0], "positions": [0, 1]}, "run": {"batch_size": 2}}
+RUN = {
+    "patch": {"mode": "single", "layers": [0], "positions": [0, 1]},
+    "run": {"batch_size": 2, "report": "html"},  # the report renders: Ctrl-C can meet it
+}
 
 
 @dataclass

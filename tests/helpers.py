@@ -31,7 +31,8 @@ def write_recipe(folder: Path, name: str = "test", **sections: dict) -> Path:
         "model": {"preset": "tiny-random-codi"},
         "data": {"pairs": "tiny-arithmetic", "limit": 3},
         "patch": {"mode": "single"},
-        "run": {"batch_size": 16, "output": str(folder / "outputs")},
+        # charts cost seconds a run: tests that read them ask for them (report = "full")
+        "run": {"batch_size": 16, "output": str(folder / "outputs"), "report": "none"},
     }
     for table, values in sections.items():
         keep = {} if table == "model" else tables.get(table, {})  # a model replaces the preset

@@ -18,7 +18,7 @@ import polars as pl
 from nnpatch.errors import NnpatchError
 from nnpatch.report import charts
 from nnpatch.report.load import load_run
-from nnpatch.report.page import BUNDLE, draw_charts, html_table
+from nnpatch.report.page import BUNDLE, draw_charts, html_table, vega_bundle
 from nnpatch.report.stats import MIN_PAIRS, RESAMPLES, bootstrap_ci, excludes_zero, generator
 from nnpatch.run.folder import write_table, write_text
 
@@ -129,7 +129,6 @@ def _unpaired_ci(va: np.ndarray, vb: np.ndarray, seed: int, key: str) -> tuple[f
 
 
 def _write(table: pl.DataFrame, run_a, run_b, out: Path) -> None:
-    import vl_convert as vlc
 
     out.mkdir(parents=True, exist_ok=True)
     write_table(out / "compare.parquet", table)
@@ -139,7 +138,7 @@ def _write(table: pl.DataFrame, run_a, run_b, out: Path) -> None:
         pl.lit(None).alias("control_mean"),
         pl.col("differs").alias("differs_from_control"),
     )
-    bundle = vlc.javascript_bundle()
+    bundle = vega_bundle()
     write_text(out / BUNDLE, bundle)
     makers = {
         f"diff_{metric}": partial(

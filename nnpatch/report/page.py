@@ -11,6 +11,7 @@ import html
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from nnpatch.engine.modes import mode_for
@@ -40,38 +41,46 @@ class Rendered:
     notes: list[str]
 
 
-def render(path: str | Path, manifest: dict | None = None) -> Rendered:
+def render(path: str | Path, manifest: dict | None = None, png: bool = True) -> Rendered:
     """Write charts/*.html and *.png, report.html and summary.md into the run folder.
 
     A chart that cannot be drawn (no finite value to show, or the renderer refuses it) is
     left out, with a one-line note in its place; it never stops the report. Faults of the
     folder itself (a full disk) do."""
-    import vl_convert as vlc
 
     run = load_run(path, manifest)
     folder = run.path / "charts"
     folder.mkdir(exist_ok=True)
-    bundle = vlc.javascript_bundle()
+    bundle = vega_bundle()
     write_text(folder / BUNDLE, bundle)  # one copy, shared by the chart pages beside it
-    specs, notes, written = draw_charts(folder, run_charts(run))
+    specs, notes, written = draw_charts(folder, run_charts(run), png)
     write_text(run.path / "report.html", _page(run, specs, bundle, notes))
     write_text(run.path / "summary.md", _markdown(run, notes))
     files = [folder / BUNDLE, *written, run.path / "report.html", run.path / "summary.md"]
     return Rendered(files, notes)
 
 
+@cache
+def vega_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script (built once per process: it takes
+    seconds, and depends only on the vl-convert release)."""
+    import vl_convert as vlc
+
+    return vlc.javascript_bundle()
+
+
 def draw_charts(
-    folder: Path, makers: dict[str, ChartMaker]
+    folder: Path, makers: dict[str, ChartMaker], png: bool = True
 ) -> tuple[dict[str, dict], list[str], list[Path]]:
-    """Each chart as `<stem>.html` (beside the Vega bundle) and `<stem>.png`: the specs
-    drawn, a note for each chart that could not be, and the files written."""
+    """Each chart as `<stem>.html` (beside the Vega bundle) and, with `png`, `<stem>.png`:
+    the specs drawn, a note for each chart that could not be, and the files written."""
     import vl_convert as vlc
 
     specs, notes, written = {}, [], []
     for stem, make in makers.items():
         try:
             spec = make().to_dict()
-            png = vlc.vegalite_to_png(spec, scale=2)
+            image = vlc.vegalite_to_png(spec, scale=2) if png else None
         except charts.Undrawable as err:
             notes.append(f"{stem}: not drawn ({err})")
             continue
@@ -80,8 +89,10 @@ def draw_charts(
             continue
         specs[stem] = spec
         write_text(folder / f"{stem}.html", _chart_page(stem, spec))
-        write_bytes(folder / f"{stem}.png", png)
-        written += [folder / f"{stem}.html", folder / f"{stem}.png"]
+        written.append(folder / f"{stem}.html")
+        if image is not None:
+            write_bytes(folder / f"{stem}.png", image)
+            written.append(folder / f"{stem}.png")
     return specs, notes, written
 
 

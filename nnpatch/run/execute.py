@@ -88,7 +88,7 @@ def execute(
             raise
         raise ended from None
     manifest.update(status="finished", ended=folder.now(), **done)
-    finished.report = _report(path, manifest)
+    finished.report = _report(path, manifest, prep.recipe.run.report)
     ShardStore(path).remove()  # results.parquet holds every row now
     return finished
 
@@ -136,13 +136,16 @@ def _ended(path: Path, manifest: dict, err: BaseException) -> BaseException:
     return err
 
 
-def _report(path: Path, manifest: dict) -> dict:
+def _report(path: Path, manifest: dict, what: str) -> dict:
     """Charts and report.html, then the final manifest. A chart that cannot be drawn is a note;
     a report that cannot be written at all is recorded, and the finished tables stand."""
     clock = time.perf_counter()
     try:  # the report shows the final manifest; `nnpatch report` re-renders the same files
-        rendered = render_report(path, manifest)
-        report = {"charts_not_drawn": rendered.notes}
+        if what == "none":
+            report = {"skipped": "run.report = none: nnpatch report RUN_DIR draws it"}
+        else:
+            rendered = render_report(path, manifest, png=what == "full")
+            report = {"charts_not_drawn": rendered.notes}
     except KeyboardInterrupt as err:  # the tables are written; --resume draws the report
         _ended(path, manifest, err)
         raise

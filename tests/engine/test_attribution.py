@@ -88,6 +88,7 @@ def test_attribution_run_estimates_every_cell_and_verifies_the_top(tmp_path):
         patch={"mode": "attribution", "verify_top": 3},
         metrics={"names": ["recovery", "logit_diff", "kl_to_clean"]},
         data={"limit": 4},
+        run={"report": "full"},
     )
     finished = execute(prepare(recipe))
     results = pl.read_parquet(finished.path / "results.parquet")

@@ -157,7 +157,9 @@ def test_a_run_whose_recovery_is_never_finite_finishes_with_notes(tmp_path, monk
     from nnpatch.engine import metrics
 
     monkeypatch.setattr(metrics, "GAP_EPS", float("inf"))
-    recipe = write_recipe(tmp_path, patch={"mode": "layer", "positions": [0, 1]})
+    recipe = write_recipe(
+        tmp_path, patch={"mode": "layer", "positions": [0, 1]}, run={"report": "full"}
+    )
     results = run_recipe(recipe)
     assert results["recovery"].is_nan().all()
     (folder,) = (tmp_path / "outputs" / "test").iterdir()

@@ -32,7 +32,9 @@ def run_dirs(tmp_path_factory):
         ("layer", {"mode": "layer"}),
         ("noise", {"mode": "chained", "direction": "noise"}),
     ]:
-        recipe = write_recipe(folder, name=name, patch=patch, data={"limit": 6})
+        recipe = write_recipe(
+            folder, name=name, patch=patch, data={"limit": 6}, run={"report": "full"}
+        )
         out[name] = execute(prepare(recipe)).path
     return out
 
@@ -153,6 +155,7 @@ def test_compare_resid_against_thought_site(tmp_path):
             name=site,
             data={"limit": 4},
             patch={"mode": "single", "site": site, "positions": [0, 3]},
+            run={"report": "full"},
         )
         runs[site] = execute(prepare(recipe)).path
     out = tmp_path / "cmp"

@@ -130,7 +130,8 @@ def test_a_report_that_cannot_be_written_leaves_the_finished_tables(tmp_path, mo
         return real(path, text)
 
     monkeypatch.setattr(report, "write_text", full)
-    result = CliRunner().invoke(main, ["run", str(write_recipe(tmp_path, name="rep"))])
+    recipe = write_recipe(tmp_path, name="rep", run={"report": "full"})
+    result = CliRunner().invoke(main, ["run", str(recipe)])
     assert result.exit_code == 0, result.output
     run_dir = _run_dir(tmp_path / "outputs")
     manifest = json.loads((run_dir / "manifest.json").read_text())

@@ -15,7 +15,7 @@ from nnpatch.run.prepare import prepare
 
 def test_run_folder_holds_every_table(tmp_path):
     """A finished run writes the recipe, resolved config, manifest and four tables."""
-    recipe = write_recipe(tmp_path, data={"limit": 4})
+    recipe = write_recipe(tmp_path, data={"limit": 4}, run={"report": "full"})
     finished = execute(prepare(recipe))
     names = {p.name for p in finished.path.iterdir()}
     assert names == {

@@ -214,3 +214,152 @@ def codi_lens_reference(model: ThoughtModel, question: str, site: str, cells) ->
         call, token = call_and_token(site, position, K)
         out[(layer, position)] = final_norm_and_head(model.module.lm, stores[layer][call][0, token])
     return out
+
+
+# ---- sources and heads ------------------------------------------------------------------
+HEAD_MODULES = {"llama": "o_proj", "gpt2": "c_proj"}
+
+
+def head_module(model, layer: int) -> torch.nn.Module:
+    """The output projection of layer `layer`'s attention: its input holds the heads."""
+    decoder, layers, subs = SUBMODULES[model.lm.config.model_type]
+    attention = getattr(getattr(getattr(model.lm, decoder), layers)[layer], subs["attn"])
+    return getattr(attention, HEAD_MODULES[model.lm.config.model_type])
+
+
+def head_slice(model, head: int) -> slice:
+    config = model.lm.config
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    width = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return slice(head * width, (head + 1) * width)
+
+
+def input_recorder(store: list):
+    def hook(module, args):
+        store.append(args[0].detach().clone())
+
+    return hook
+
+
+def input_patcher(targets: dict[int, tuple[int, slice, torch.Tensor]]):
+    """Replace input[:, token, features] on the listed calls (a forward pre-hook)."""
+    count = {"n": 0}
+
+    def hook(module, args):
+        call = count["n"]
+        count["n"] += 1
+        if call not in targets:
+            return None
+        patched = args[0].clone()
+        for token, features, vector in targets[call]:
+            patched[:, token, features] = vector
+        return (patched, *args[1:])
+
+    return hook
+
+
+def codi_activation(model, question: str, site: str, layer, position: str, head=None):
+    """One cell's activation [width] (a head's slice) of one unpadded recurrent forward."""
+    store: list = []
+    answer = answer_ids(model, "1")
+    call, token = call_and_token(site, position, model.num_thoughts)
+    if site == "head":
+        handle = head_module(model, layer).register_forward_pre_hook(input_recorder(store))
+        try:
+            run_one(model, question, answer, answer)
+        finally:
+            handle.remove()
+        return store[call][0, token, head_slice(model, head)]
+    run_one(model, question, answer, answer, [(site_module(model, site, layer), recorder(store))])
+    return store[call][0, token]
+
+
+def source_vector(
+    model,
+    pairs,
+    i: int,
+    spec,
+    position: str,
+    site: str,
+    direction: str,
+    source: str,
+    scale: float,
+    seed: int,
+) -> torch.Tensor:
+    """What `source` writes for pair i at one cell, from its definition, by hooked forwards."""
+    from nnpatch.engine.sources import random_direction
+
+    def act(pair, side):
+        question = pair.clean_question if side == "clean" else pair.corrupted_question
+        return codi_activation(model, question, site, spec.layer, position, spec.head).double()
+
+    donor_side, receiver_side = (
+        ("clean", "corrupted") if direction == "denoise" else ("corrupted", "clean")
+    )
+    if source == "donor":
+        return act(pairs[i], donor_side)
+    if source == "zero":
+        return torch.zeros_like(act(pairs[i], donor_side))
+    if source == "mean":
+        return torch.stack([act(p, donor_side) for j, p in enumerate(pairs) if j != i]).mean(0)
+    own = act(pairs[i], receiver_side)
+    if source == "steer":
+        clean = torch.stack([act(p, "clean") for p in pairs]).mean(0)
+        corrupt = torch.stack([act(p, "corrupted") for p in pairs]).mean(0)
+        return own + scale * (clean - corrupt)
+    key = (spec.layer, position) if spec.head is None else (spec.layer, position, spec.head)
+    return random_direction(seed, i, key, own.shape[-1]).double() * own.norm()
+
+
+def source_reference_rows(
+    model, pairs, specs, site: str, direction: str, source: str, scale: float = 1.0, seed: int = 0
+) -> dict:
+    """Every (pair, spec) row's metrics: one hooked recurrent forward per patch, writing
+    what `source` defines (heads: a pre-hook on the output projection's input slice)."""
+    K = model.num_thoughts
+    rows = {}
+    for i, pair in enumerate(pairs):
+        clean, corrupt = (
+            answer_ids(model, pair.clean_answer),
+            answer_ids(model, pair.corrupted_answer),
+        )
+        receiver = pair.corrupted_question if direction == "denoise" else pair.clean_question
+        clean_view = answer_view(
+            *run_one(model, pair.clean_question, clean, corrupt), clean, corrupt
+        )
+        corrupt_view = answer_view(
+            *run_one(model, pair.corrupted_question, clean, corrupt), clean, corrupt
+        )
+        receiver_view = corrupt_view if direction == "denoise" else clean_view
+        for spec in specs:
+            targets: dict = {}
+            for position in spec.positions:
+                call, token = call_and_token(site, position, K)
+                vector = source_vector(
+                    model, pairs, i, spec, position, site, direction, source, scale, seed
+                )
+                targets.setdefault(call, []).append((token, vector))
+            if site == "head":
+                features = head_slice(model, spec.head)
+                hook = input_patcher(
+                    {c: [(t, features, v.float()) for t, v in ts] for c, ts in targets.items()}
+                )
+                handle = head_module(model, spec.layer).register_forward_pre_hook(hook)
+                try:
+                    patched = run_one(model, receiver, clean, corrupt)
+                finally:
+                    handle.remove()
+            else:
+                one = {c: (ts[0][0], ts[0][1].float()) for c, ts in targets.items()}
+                patched = run_one(
+                    model,
+                    receiver,
+                    clean,
+                    corrupt,
+                    [(site_module(model, site, spec.layer), patcher(one))],
+                )
+            view = answer_view(*patched, clean, corrupt)
+            rows[(pair.id, spec.layer, spec.head, spec.positions)] = metrics(
+                view, clean_view, corrupt_view, receiver_view
+            )
+    return rows

@@ -886,7 +886,7 @@ def test_every_case_is_one_line_its_exit_code_and_a_true_folder_state(corpus, mo
 # the messages of the cases above that do not spell theirs out
 EXPECTED: dict[str, str] = {
     "patch.mode = 'diagonal'": "{tmp}/base.toml: patch.mode: unknown mode 'diagonal'; use one of 'single', 'layer', 'chained', 'sets', 'attribution', 'lens', 'record'",
-    "patch.site = 'residual'": "{tmp}/base.toml: patch.site: Input should be 'resid', 'attn', 'mlp' or 'thought'; got 'residual'",
+    "patch.site = 'residual'": "{tmp}/base.toml: patch.site: Input should be 'resid', 'attn', 'mlp', 'head' or 'thought'; got 'residual'",
     "patch.direction = 'up'": "{tmp}/base.toml: patch.direction: Input should be 'denoise' or 'noise'; got 'up'",
     "patch.control = 'shuffle'": "{tmp}/base.toml: patch.control: Input should be 'random-donor' or 'none'; got 'shuffle'",
     "data.filter = 'all-right'": "{tmp}/base.toml: data.filter: Input should be 'none' or 'both-correct'; got 'all-right'",

@@ -18,6 +18,7 @@ from nnpatch.models.base import ModelShape
 class PatchSpec:
     layer: int | None
     positions: tuple[str, ...]  # labels in sequence order: "bot", "0".."K-1", "eot"
+    head: int | tuple[int, ...] | None = None  # site `head`: the head (or heads) patched
 
 
 def check_site(patch, model: ModelShape, source: str | Path) -> None:

@@ -45,18 +45,23 @@ class Baselines:
 
 
 Row = tuple[PatchSpec, int, int]  # (patch, receiver pair index, donor pair index)
+CellKey = tuple  # (layer, position), or (layer, position, head) for one head's features
+# what a batch writes at one cell: (key, its Cell, receiver pairs, donor pairs) → [rows, width]
+Written = Callable[[CellKey, Cell, list[int], list[int]], torch.Tensor]
 
 
 @dataclass
 class Op:
     """One read or indexed write inside the trace: some rows × one token of one module call."""
 
-    key: tuple[int | None, str]  # (layer, position)
+    key: CellKey
     path: str
     tuple_output: bool
     rows: torch.Tensor  # [n]
     tokens: torch.Tensor  # [n] token index of the cell in each row
-    values: torch.Tensor | None  # [n, d] to write, or None to read
+    values: torch.Tensor | None  # [n, width] to write, or None to read
+    port: str = "output"  # or "input": the module's first input
+    features: slice | None = None  # written features (one head's); reads take them all
 
 
 class Engine:
@@ -208,21 +213,24 @@ class Engine:
         rows: list[Row],
         batch_size: int,
         progress: Callable[[int], None] = lambda n: None,
+        written: Written | None = None,
     ) -> torch.Tensor:
         """Metrics [len(rows), metrics] for (spec, pair, donor pair) rows, batch by batch.
 
-        The donor is the pair itself for a real patch, another pair for the control.
+        `written` gives what each row writes at each cell (default: the donor pair's run's
+        activation: the pair itself for a real patch, another pair for the control).
         """
+        written = written or donor_values(baselines)
         out = []
         for batch in _batches(rows, batch_size):
-            out.append(self._patch_fitting(pairs, answers, baselines, batch))
+            out.append(self._patch_fitting(pairs, answers, baselines, batch, written))
             progress(len(batch))
         return torch.cat(out)
 
-    def _patch_fitting(self, pairs, answers, baselines, batch: list[Row]) -> torch.Tensor:
+    def _patch_fitting(self, pairs, answers, baselines, batch: list[Row], written) -> torch.Tensor:
         """One batch; on CUDA out-of-memory, its halves one after the other (down to a row)."""
         try:
-            return self._patch_batch(pairs, answers, baselines, batch).cpu()
+            return self._patch_batch(pairs, answers, baselines, batch, written).cpu()
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise
@@ -230,7 +238,7 @@ class Engine:
         half = len(batch) // 2
         return torch.cat(
             [
-                self._patch_fitting(pairs, answers, baselines, part)
+                self._patch_fitting(pairs, answers, baselines, part, written)
                 for part in (batch[:half], batch[half:])
             ]
         )
@@ -251,21 +259,25 @@ class Engine:
         answers: PairAnswers,
         baselines: Baselines,
         batch: list[Row],
+        written: Written,
     ) -> torch.Tensor:
         index = [pair for _, pair, _ in batch]
         encoded, targets, refs = self.receivers(pairs, answers, baselines, index)
-        rows_by_cell: dict[tuple[int | None, str], tuple[list[int], list[int]]] = defaultdict(
-            lambda: ([], [])
+        rows_by_cell: dict[CellKey, tuple[list[int], list[int], list[int]]] = defaultdict(
+            lambda: ([], [], [])
         )
-        for row, (spec, _, donor) in enumerate(batch):
+        for row, (spec, receiver, donor) in enumerate(batch):
+            heads = spec.head if isinstance(spec.head, tuple) else (spec.head,)
             for position in spec.positions:
-                rows, donors = rows_by_cell[(spec.layer, position)]
-                rows.append(row)
-                donors.append(donor)
-        device = self.model.device
+                for head in heads:  # several heads of one cell are written together
+                    key = (spec.layer, position) if head is None else (spec.layer, position, head)
+                    rows, receivers, donors = rows_by_cell[key]
+                    rows.append(row)
+                    receivers.append(receiver)
+                    donors.append(donor)
         writes = {
-            key: (rows, baselines.donor[key].index_select(0, torch.tensor(donors, device=device)))
-            for key, (rows, donors) in rows_by_cell.items()
+            key: (rows, written(key, self.locate(key), receivers, donors))
+            for key, (rows, receivers, donors) in rows_by_cell.items()
         }
         names = self.metric_names
 
@@ -322,7 +334,7 @@ class Engine:
         batch = encoded.offsets.shape[0] // copies
         width = encoded.input_ids.shape[1]
         by_call: dict[int, list[Op]] = defaultdict(list)
-        located = {key: self.model.cell(self.site, *key) for key in cells}
+        located = {key: self.locate(key) for key in cells}
         for key in sorted(cells, key=lambda k: _visit_order(k, located[k])):
             cell, (rows, values) = located[key], cells[key]
             rows_t = torch.tensor(rows, device=device)
@@ -332,8 +344,17 @@ class Engine:
             # a plain-LM span position past a short pair's span is read (never written or
             # used) at the last token, so every index stays inside the sequence
             tokens = (encoded.offsets[rows_t] + cell.token).clamp(max=width - 1)
-            by_call[cell.call].append(Op(key, cell.path, cell.tuple_output, rows_t, tokens, values))
+            features = cell.features if values is not None else None
+            op = Op(key, cell.path, cell.tuple_output, rows_t, tokens, values, cell.port, features)
+            by_call[cell.call].append(op)
         return by_call
+
+    def locate(self, key: CellKey) -> Cell:
+        """Where a (layer, position[, head]) cell of this engine's site lives."""
+        head = key[2] if len(key) > 2 else None
+        if head is None:
+            return self.model.cell(self.site, key[0], key[1])
+        return self.model.cell(self.site, key[0], key[1], head)
 
     def _run(self, encoded: Encoded, by_call: dict[int, list[Op]], reduce: Callable, asked=None):
         """One traced forward: apply the ops, reduce the answer logits on the device.
@@ -350,20 +371,36 @@ class Engine:
             read = {}
             for call in tracer.iter[sorted(by_call)]:
                 for op in by_call[call]:
-                    out = _envoy(traced, op.path).output
+                    envoy = _envoy(traced, op.path)
+                    out = envoy.input if op.port == "input" else envoy.output
                     value = out[0] if op.tuple_output else out
                     if op.values is None:
                         read[op.key] = value[op.rows, op.tokens].clone()
-                    else:
+                    elif op.features is None:
                         value[op.rows, op.tokens] = op.values
+                    else:  # one head's slice of the output projection's input
+                        value[op.rows, op.tokens, op.features] = op.values
             logits_clean, logits_corrupt = model.answer_logits(tracer.result, encoded)
             out = nnsight.save((reduce(logits_clean, logits_corrupt), read))
         return out
 
 
-def _visit_order(key: tuple[int | None, str], cell: Cell) -> tuple[int, int]:
-    """Module calls in forward order: by call, then by layer within the call."""
-    return (cell.call, -1 if key[0] is None else key[0])
+def _visit_order(key: CellKey, cell: Cell) -> tuple[int, int, int]:
+    """Module calls in forward order: by call, then by layer within the call (one head's
+    slice after another: they are the same module call)."""
+    head = key[2] if len(key) > 2 else -1
+    return (cell.call, -1 if key[0] is None else key[0], head)
+
+
+def donor_values(baselines: Baselines) -> Written:
+    """Each row writes its donor pair's run's activation at the cell (its features)."""
+
+    def written(key: CellKey, cell: Cell, receivers: list[int], donors: list[int]):
+        table = baselines.donor[key[:2]]
+        values = table.index_select(0, torch.tensor(donors, device=table.device))
+        return values if cell.features is None else values[:, cell.features]
+
+    return written
 
 
 def _envoy(root, path: str):

@@ -85,7 +85,8 @@ def model_shape(section: ModelSection, source: str | Path = "<recipe>") -> Model
     except Exception as err:  # noqa: BLE001 - a broken config file: one line
         raise ModelError(f"{source}: model.base: {first_line(err)}") from None
     name = section.checkpoint or section.base
-    return ModelShape(name, config.num_hidden_layers, section.num_thoughts or 6)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    return ModelShape(name, config.num_hidden_layers, section.num_thoughts or 6, num_heads=heads)
 
 
 def _preset(section: ModelSection, source: str | Path) -> ThoughtModel:

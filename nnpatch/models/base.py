@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from nnpatch.errors import ModelError
 from nnpatch.models.codi import CodiModel
 
-SITES = ("resid", "attn", "mlp", "thought")
+SITES = ("resid", "attn", "mlp", "head", "thought")
 ANSWER_PREFIX = "The answer is:"
 
 
@@ -42,6 +42,8 @@ class Cell:
     call: int  # which call of that module (nnsight iteration)
     token: int  # token index within that call's output (-1: the last)
     tuple_output: bool  # the module returns a tuple whose first element is patched
+    port: str = "output"  # "input": the module's first input (a head: o_proj's input)
+    features: slice | None = None  # the features of the cell (one head's), or all
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class ModelShape:
     num_thoughts: int  # thoughts, or span tokens for plain causal LMs
     named_positions: bool = True  # bot and eot exist (continuous-thought models)
     sites: tuple[str, ...] = SITES
+    num_heads: int | None = None  # attention (query) heads per layer, when known
 
     def position_labels(self) -> list[str]:
         """Every patchable position, in sequence order: bot, 0..K-1, eot."""
@@ -133,6 +136,19 @@ class PlacedModule:
     def hidden_size(self) -> int:
         return self.lm.config.hidden_size
 
+    @property
+    def num_heads(self) -> int:
+        """Query heads per layer (grouped-query attention shares key/value heads among them;
+        each query head still writes its own slice of the output projection's input)."""
+        config = self.lm.config
+        return getattr(config, "num_attention_heads", None) or config.n_head
+
+    def head_features(self, head: int) -> slice:
+        if not 0 <= head < self.num_heads:
+            raise ModelError(f"{self.name} has heads 0..{self.num_heads - 1}, not {head!r}")
+        width = getattr(self.lm.config, "head_dim", None) or self.hidden_size // self.num_heads
+        return slice(head * width, (head + 1) * width)
+
     @torch.no_grad()
     def lens_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states [..., d] read as the model reads its last one: its own final norm,
@@ -173,7 +189,7 @@ class ThoughtModel(PlacedModule):
 
     @property
     def shape(self) -> ModelShape:
-        return ModelShape(self.name, self.num_layers, self.num_thoughts)
+        return ModelShape(self.name, self.num_layers, self.num_thoughts, num_heads=self.num_heads)
 
     @property
     def loop_positions(self) -> int:
@@ -182,8 +198,8 @@ class ThoughtModel(PlacedModule):
     def position_labels(self) -> list[str]:
         return self.shape.position_labels()
 
-    def cell(self, site: str, layer: int | None, position: str) -> Cell:
-        """Locate the activation of one (site, layer, position) cell in the forward."""
+    def cell(self, site: str, layer: int | None, position: str, head: int | None = None) -> Cell:
+        """Locate the activation of one (site, layer, position[, head]) cell in the forward."""
         if site == "thought":
             if not position.isdigit():
                 raise ModelError(f"site 'thought' has only thought positions, not {position!r}")
@@ -197,6 +213,9 @@ class ThoughtModel(PlacedModule):
             call, token = self.num_thoughts + 1, 0
         else:
             call, token = int(position) + 1, 0
+        if site == "head":  # no head: the whole input (every head), as the baselines read it
+            features = None if head is None else self.head_features(head)
+            return Cell(path, call, token, False, "input", features)
         return Cell(path, call, token, site == "attn")
 
     def span_of(self, pair) -> int | None:

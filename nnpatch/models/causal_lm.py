@@ -37,7 +37,7 @@ class CausalLM(PlacedModule):
 
     row_copies = 2  # each row runs with the clean and with the corrupted answer
     shares_question = False
-    sites = ("resid", "attn", "mlp")
+    sites = ("resid", "attn", "mlp", "head")
 
     def __init__(
         self,
@@ -71,7 +71,12 @@ class CausalLM(PlacedModule):
                 "the pairs; nnpatch run checks them"
             )
         return ModelShape(
-            self.name, self.num_layers, self.span_length, named_positions=False, sites=self.sites
+            self.name,
+            self.num_layers,
+            self.span_length,
+            named_positions=False,
+            sites=self.sites,
+            num_heads=self.num_heads,
         )
 
     def position_labels(self) -> list[str]:
@@ -151,13 +156,16 @@ class CausalLM(PlacedModule):
             return []  # answer_prefix = "": the answer follows the prompt directly
         return self.tokenizer(" " + self.answer_prefix, add_special_tokens=False).input_ids
 
-    def cell(self, site: str, layer: int | None, position: str) -> Cell:
+    def cell(self, site: str, layer: int | None, position: str, head: int | None = None) -> Cell:
         if site not in self.sites or layer is None or not position.isdigit():
             raise ModelError(
                 f"plain causal LMs patch {'/'.join(self.sites)} at span token "
                 f"indices, not site {site!r} at position {position!r}"
             )
         path = self.family.site_path(site, layer)
+        if site == "head":  # no head: the whole input (every head), as the baselines read it
+            features = None if head is None else self.head_features(head)
+            return Cell(path, 0, int(position), False, "input", features)
         return Cell(path, 0, int(position), site == "attn")
 
     def encode(

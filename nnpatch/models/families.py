@@ -21,6 +21,8 @@ class Family:
     attn_attr: str  # attention sub-block inside one decoder layer (returns a tuple)
     mlp_attr: str  # MLP sub-block inside one decoder layer (returns a tensor)
     norm_path: str  # the final norm before the LM head, relative to the CausalLM
+    out_proj_attr: str  # the attention's output projection inside `attn_attr`: its input
+    # is the heads' outputs side by side, [.., heads * head_dim], before they are mixed
 
     def decoder(self, lm: nn.Module) -> nn.Module:
         return getattr(lm, self.decoder_path)
@@ -38,12 +40,14 @@ class Family:
             return f"{base}.{self.attn_attr}"
         if site == "mlp":
             return f"{base}.{self.mlp_attr}"
+        if site == "head":
+            return f"{base}.{self.attn_attr}.{self.out_proj_attr}"
         raise ModelError(f"site {site!r} has no per-layer module")
 
 
 FAMILIES = {
-    "llama": Family("llama", "model", "layers", "self_attn", "mlp", "model.norm"),
-    "gpt2": Family("gpt2", "transformer", "h", "attn", "mlp", "transformer.ln_f"),
+    "llama": Family("llama", "model", "layers", "self_attn", "mlp", "model.norm", "o_proj"),
+    "gpt2": Family("gpt2", "transformer", "h", "attn", "mlp", "transformer.ln_f", "c_proj"),
 }
 
 

@@ -69,11 +69,7 @@ def heatmap(
     data = _with_labels(summary.filter(pl.col("metric") == metric))
     require_finite(data["mean"], f"mean {metric} in any cell")
     layers, wheres = _order(data, positions)
-    if metric in SIGNED:
-        bound = max(abs(data["mean"].min() or 0), abs(data["mean"].max() or 0), 1e-9)
-        scale = alt.Scale(scheme="redblue", domain=[-bound, bound], domainMid=0, reverse=True)
-    else:
-        scale = alt.Scale(scheme="viridis")
+    scale = _scale(data, metric)
     base = alt.Chart(alt.Data(values=data.to_dicts())).encode(
         x=alt.X("where:N", sort=wheres, title="position"),
         y=alt.Y("layer_label:N", sort=layers, title="layer"),
@@ -86,6 +82,39 @@ def heatmap(
     return (rects + marks).properties(
         title=title, width=max(220, 40 * len(wheres)), height=max(140, 28 * len(layers))
     )
+
+
+def head_heatmap(summary: pl.DataFrame, metric: str, position: str) -> alt.Chart:
+    """Site `head`: layer × head at one position, mean over pairs; `*` as in `heatmap`."""
+    data = _with_labels(
+        summary.filter((pl.col("metric") == metric) & (pl.col("position") == position))
+    ).with_columns(pl.format("h{}", pl.col("head")).alias("head_label"))
+    require_finite(data["mean"], f"mean {metric} at position {position}")
+    layers, _ = _order(data, [position])
+    heads = [f"h{h}" for h in sorted(data["head"].unique().to_list())]
+    scale = _scale(data, metric)
+    base = alt.Chart(alt.Data(values=data.to_dicts())).encode(
+        x=alt.X("head_label:N", sort=heads, title="head"),
+        y=alt.Y("layer_label:N", sort=layers, title="layer"),
+    )
+    rects = base.mark_rect().encode(
+        color=alt.Color("mean:Q", scale=scale, title=f"mean {metric}"), tooltip=TOOLTIP
+    )
+    marks = base.mark_text(fontSize=16, color="black").encode(text="mark:N")
+    where = position if not position.isdigit() else f"thought {position}"
+    return (rects + marks).properties(
+        title=f"{metric} by head at {where} (* = differs from the random-donor control)",
+        width=max(220, 30 * len(heads)),
+        height=max(140, 28 * len(layers)),
+    )
+
+
+def _scale(data: pl.DataFrame, metric: str) -> alt.Scale:
+    """A diverging scale centred on zero for signed metrics, viridis for the others."""
+    if metric in SIGNED:
+        bound = max(abs(data["mean"].min() or 0), abs(data["mean"].max() or 0), 1e-9)
+        return alt.Scale(scheme="redblue", domain=[-bound, bound], domainMid=0, reverse=True)
+    return alt.Scale(scheme="viridis")
 
 
 def chained_lines(summary: pl.DataFrame, metric: str) -> alt.Chart:

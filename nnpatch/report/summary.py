@@ -7,46 +7,72 @@ import polars as pl
 
 from nnpatch.report.stats import cell_stats
 
-CELL_KEYS = ["mode", "site", "direction", "layer", "position", "positions"]
+CELL_KEYS = [
+    "mode",
+    "site",
+    "direction",
+    "source",
+    "scale",
+    "head",
+    "layer",
+    "position",
+    "positions",
+]
+# control rows stand for the cell whatever the rows write: matched on where they patch
+CONTROL_KEYS = ["site", "direction", "head", "layer", "positions"]
+FACET_DEFAULTS = {"source": "donor", "scale": None, "head": None}
+TYPES = {
+    "layer": pl.Int64,
+    "head": pl.Int64,
+    "scale": pl.Float64,
+    "position": pl.String,
+    "sem": pl.Float64,
+    "control_mean": pl.Float64,
+    "control_ci95_low": pl.Float64,
+    "control_ci95_high": pl.Float64,
+    "diff_ci95_low": pl.Float64,
+    "diff_ci95_high": pl.Float64,
+    "differs_from_control": pl.Boolean,
+}
 
 
 def summarize(results: pl.DataFrame, names: list[str], seed: int = 0) -> pl.DataFrame:
     """Per cell and metric: n, mean, sem, bootstrap 95% CI over pairs, and the control.
 
-    A cell "differs from control" when the bootstrap CI of (patched - control), paired by pair,
-    excludes zero: it moves the answer more than patching the same cells from a mismatched
-    pair does.
+    A cell is everything that makes its rows: mode, site, direction, source, scale, head,
+    layer and positions. It "differs from control" when the bootstrap CI of
+    (patched - control), paired by pair, excludes zero: it moves the answer more than
+    patching the same cells from a mismatched pair does.
     """
+    results = with_facets(results)
     real = results.filter(~pl.col("control")).sort("pair_id", maintain_order=True)
     control = results.filter(pl.col("control")).sort("pair_id", maintain_order=True)
     rows = []
-    for group in real.partition_by(["mode", "layer", "position", "positions"], maintain_order=True):
+    for group in real.partition_by(CELL_KEYS, maintain_order=True):
         first = group.row(0, named=True)
-        match = control.filter(
-            (pl.col("layer").eq_missing(first["layer"]))
-            & (pl.col("positions") == pl.lit(first["positions"], dtype=pl.List(pl.String)))
-        )
+        match = control
+        for key in CONTROL_KEYS:
+            if key == "positions":
+                match = match.filter(pl.col(key) == pl.lit(first[key], dtype=pl.List(pl.String)))
+            else:
+                match = match.filter(pl.col(key).eq_missing(first[key]))
         for name in names:
             key = cell_key(first, name)
             values = group[name].to_numpy().astype(float)
             paired = match[name].to_numpy().astype(float) if match.height == group.height else None
             cell = {k: first[k] for k in CELL_KEYS}
             rows.append({**cell, "metric": name, **cell_stats(values, paired, seed, key)})
-    return pl.DataFrame(
-        rows,
-        schema_overrides={
-            "layer": pl.Int64,
-            "position": pl.String,
-            "sem": pl.Float64,
-            "control_mean": pl.Float64,
-            "control_ci95_low": pl.Float64,
-            "control_ci95_high": pl.Float64,
-            "diff_ci95_low": pl.Float64,
-            "diff_ci95_high": pl.Float64,
-            "differs_from_control": pl.Boolean,
-        },
-        infer_schema_length=None,
-    )
+    return pl.DataFrame(rows, schema_overrides=TYPES, infer_schema_length=None)
+
+
+def with_facets(results: pl.DataFrame) -> pl.DataFrame:
+    """Rows with every facet column (tables of older runs and of modes without them)."""
+    missing = {
+        key: pl.lit(value, dtype=TYPES.get(key, pl.String)).alias(key)
+        for key, value in FACET_DEFAULTS.items()
+        if key not in results.columns
+    }
+    return results.with_columns(*missing.values()) if missing else results
 
 
 def lead_metric(names: list[str]) -> str:
@@ -69,13 +95,22 @@ def signed(value) -> str:
 
 
 def cell_key(row: dict, metric: str) -> str:
-    """The stable name a cell's bootstrap generator is seeded with."""
-    return f"{row['layer']}|{','.join(row['positions'])}|{metric}"
+    """The stable name a cell's bootstrap generator is seeded with: its layer, positions and
+    metric, and its source and head where they are not the defaults (so a grid's cells get
+    the generators of the single-valued runs they stand for)."""
+    extra = "".join(
+        f"{key}={row[key]}|"
+        for key in ("source", "scale", "head")
+        if row.get(key) is not None and row.get(key) != FACET_DEFAULTS[key]
+    )
+    return f"{extra}{row['layer']}|{','.join(row['positions'])}|{metric}"
 
 
 def cell_label(row: dict) -> str:
     """A short human label for a summary row: "L2 t0", "L1 t0-2", "thought t3"."""
     layer = "thought" if row["layer"] is None else f"L{row['layer']}"
+    if row.get("head") is not None:
+        layer += f" h{row['head']}"
     positions = row["positions"]
     if len(positions) == 1:
         where = positions[0] if not positions[0].isdigit() else f"t{positions[0]}"

@@ -62,7 +62,7 @@ def execute(
     else:
         path, manifest = resume
         check_unchanged(path, manifest["fingerprint"], prints)
-        ShardStore(path).load(len(recipe.metrics.names))  # refuse damaged shards up front
+        ShardStore(path).load_all(len(recipe.metrics.names))  # damaged shards: refuse now
         manifest = {**manifest, "resumed": manifest.get("resumed", 0) + 1}
         for stale in ("error", "ended", "report"):
             manifest.pop(stale, None)
@@ -172,7 +172,7 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     clock = time.perf_counter()
     cells = prep.mode.cells(prep.plan)
     chunk = max(1, recipe.run.batch_size // 2)
-    base = engine.baselines(pairs, prep.answers, cells, chunk, prep.mode.reads_both_runs)
+    base = engine.baselines(pairs, prep.answers, cells, chunk, prep.mode.needs_both_runs(recipe))
     _check_finite_baselines(pairs, base)
     baseline_s = time.perf_counter() - clock
     store = ShardStore(path)

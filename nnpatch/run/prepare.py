@@ -68,10 +68,11 @@ def prepare(
         raise RecipeError(source, "data.pairs", str(err)) from None
     plan = mode.plan(recipe.patch, model.shape, source)
     try:
+        site, direction = mode.primary(recipe.patch)
         engine = Engine(
             model,
-            recipe.patch.site,
-            getattr(recipe.patch, "direction", "denoise"),  # modes that copy nothing have none
+            site,
+            direction,
             recipe.metrics.names,
             remote=recipe.run.remote,
         )

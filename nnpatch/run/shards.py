@@ -25,8 +25,22 @@ NAME = re.compile(r"rows-(\d{9})\.npy")
 
 
 class ShardStore:
-    def __init__(self, run_dir: Path) -> None:
-        self.folder = run_dir / FOLDER
+    """The shards of one list of rows: `shards/`, or `shards/<group>/` when a run computes
+    several lists (one per site, direction and source of a grid)."""
+
+    def __init__(self, run_dir: Path, group: str | None = None) -> None:
+        self.run_dir = run_dir
+        self.folder = run_dir / FOLDER if group is None else run_dir / FOLDER / group
+
+    def group(self, name: str | None) -> ShardStore:
+        return ShardStore(self.run_dir, name)
+
+    def load_all(self, width: int) -> None:
+        """Read every shard of every group: a damaged one stops here, before anything runs."""
+        self.load(width)
+        if self.folder.is_dir():
+            for sub in sorted(p for p in self.folder.iterdir() if p.is_dir()):
+                self.group(sub.name).load(width)
 
     def load(self, width: int) -> dict[int, np.ndarray]:
         """First row → values of every shard already written, each [rows, width] float32."""
@@ -34,7 +48,7 @@ class ShardStore:
             return {}
         found = {}
         for file in sorted(self.folder.iterdir()):
-            if file.name.startswith("."):  # a temporary of a write that never finished
+            if file.name.startswith(".") or file.is_dir():  # a temporary, or a group's folder
                 continue
             match = NAME.fullmatch(file.name)
             if match is None:
@@ -67,7 +81,7 @@ class ShardStore:
         )
 
     def write(self, first_row: int, values: np.ndarray) -> None:
-        self.folder.mkdir(exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
 
         def save(tmp: Path) -> None:  # on disk before the rename makes it a shard
             with open(tmp, "wb") as handle:
@@ -78,4 +92,4 @@ class ShardStore:
         write_atomic(self.folder / f"rows-{first_row:09d}.npy", save)
 
     def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.run_dir / FOLDER, ignore_errors=True)

@@ -3,6 +3,8 @@ The per-cell summary is the statistics stage's (`nnpatch.report.summary`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 import torch
 
@@ -10,21 +12,31 @@ from nnpatch.engine.trace import Row
 from nnpatch.pairs import Pair
 
 
+@dataclass(frozen=True)
+class Facets:
+    """What every row of one group of rows shares: how it was made."""
+
+    mode: str
+    site: str
+    direction: str
+    source: str = "donor"  # what the rows write (control rows: always a mismatched donor)
+    scale: float | None = None  # source `steer` only
+
+
 def results_table(
     rows: list[Row],
     pairs: list[Pair],
     values: torch.Tensor,
     names: list[str],
-    mode: str,
-    site: str,
-    direction: str,
+    facets: Facets,
     single: bool,
     estimate: bool = False,
     tokens: list[dict[str, tuple[int, str]]] | None = None,
 ) -> pl.DataFrame:
-    """One row per (pair, patch): cell columns, the patched tokens, the donor, one column per
-    metric, `nonfinite` (some metric of the row is NaN or inf) and `estimate` (attribution
-    estimates rather than patched values).
+    """One row per (pair, patch): how it was made (mode, site, direction, source, scale), the
+    cell (layer, position(s), head), the patched tokens, the donor, one column per metric,
+    `nonfinite` (some metric of the row is NaN or inf) and `estimate` (attribution estimates
+    rather than patched values).
 
     `single`: every row patches one position, named in `position` (else it is null).
     `control` rows patch the same cells from another pair's run (the noise floor).
@@ -38,12 +50,15 @@ def results_table(
     ]
     columns = {
         "pair_id": [pairs[p].id for _, p, _ in rows],
-        "mode": [mode] * len(rows),
-        "site": [site] * len(rows),
-        "direction": [direction] * len(rows),
+        "mode": [facets.mode] * len(rows),
+        "site": [facets.site] * len(rows),
+        "direction": [facets.direction] * len(rows),
         "layer": [spec.layer for spec, _, _ in rows],
         "position": [spec.positions[0] if single else None for spec, _, _ in rows],
         "positions": [list(spec.positions) for spec, _, _ in rows],
+        "head": [spec.head for spec, _, _ in rows],
+        "source": [facets.source if p == d else "donor" for _, p, d in rows],
+        "scale": [facets.scale if p == d else None for _, p, d in rows],
         "token_index": [cells[0][0] if single else None for cells in where],
         "token": [cells[0][1] if single else None for cells in where],
         "token_indices": [[index for index, _ in cells] for cells in where],
@@ -59,6 +74,9 @@ def results_table(
         "layer": pl.Int64,
         "position": pl.String,
         "positions": pl.List(pl.String),
+        "head": pl.Int64,
+        "source": pl.String,
+        "scale": pl.Float64,
         "token_index": pl.Int64,
         "token": pl.String,
         "token_indices": pl.List(pl.Int64),

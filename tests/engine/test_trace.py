@@ -280,11 +280,11 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_row(tmp_path, monkeypatc
     real = Engine._patch_batch
     sizes = []
 
-    def small_only(self, pairs, answers, baselines, batch):
+    def small_only(self, pairs, answers, baselines, batch, written):
         if len(batch) > 5:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         sizes.append(len(batch))
-        return real(self, pairs, answers, baselines, batch)
+        return real(self, pairs, answers, baselines, batch, written)
 
     monkeypatch.setattr(Engine, "_patch_batch", small_only)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)

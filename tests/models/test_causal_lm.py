@@ -330,3 +330,134 @@ def test_an_empty_answer_prefix_means_none(tmp_path):
         want = expected[(row["pair_id"], 0, tuple(row["positions"]))]
         for name in METRICS:
             np.testing.assert_allclose(row[name], want[name], rtol=1e-4, atol=1e-4)
+
+
+def plain_activation(model, question: str, site: str, layer: int, t: int, head=None):
+    """A span token's activation (a head's slice) from one unpadded hooked forward."""
+    from reference import head_module, head_slice, input_recorder
+
+    store: list = []
+    head_ids, span, tail = model.pieces(question)
+    if site == "head":
+        handle = head_module(model, layer).register_forward_pre_hook(input_recorder(store))
+    else:
+        handle = site_module(model, site, layer).register_forward_hook(recorder(store))
+    try:
+        with torch.no_grad():
+            model.module(input_ids=torch.tensor([head_ids + span + tail]))
+    finally:
+        handle.remove()
+    value = store[0][0, len(head_ids) + t]
+    return value if head is None else value[head_slice(model, head)]
+
+
+def plain_source_reference(model, specs, site, source, scale=1.0, seed=0) -> dict:
+    """Each row from the source's definition and one hooked forward per patch (pre-hook on
+    the output projection for a head)."""
+    from reference import head_module, head_slice, input_patcher
+
+    from nnpatch.engine.sources import random_direction
+    from nnpatch.pairs.loaders import _pair_from_row
+
+    pairs = [_pair_from_row(p, "test") for p in PAIRS]
+    rows = {}
+    for i, pair in enumerate(pairs):
+        clean, corrupt = (
+            model.answer_ids(pair.clean_answer),
+            model.answer_ids(pair.corrupted_answer),
+        )
+        views = {}
+        for side in ("clean_question", "corrupted_question"):
+            lc, _ = forward_one(model, getattr(pair, side), clean)
+            lk, _ = forward_one(model, getattr(pair, side), corrupt)
+            views[side] = answer_view(lc, lk, clean, corrupt)
+        for spec in specs:
+            t = int(spec.positions[0])
+
+            def act(p, side, spec=spec, t=t):
+                return plain_activation(
+                    model, getattr(p, side), site, spec.layer, t, spec.head
+                ).double()
+
+            own = act(pair, "corrupted_question")
+            if source == "mean":
+                vector = torch.stack(
+                    [act(p, "clean_question") for j, p in enumerate(pairs) if j != i]
+                ).mean(0)
+            elif source == "steer":
+                shift = torch.stack(
+                    [act(p, "clean_question") - act(p, "corrupted_question") for p in pairs]
+                ).mean(0)
+                vector = own + scale * shift
+            else:
+                key = (spec.layer, str(t)) if spec.head is None else (spec.layer, str(t), spec.head)
+                vector = random_direction(seed, i, key, own.shape[-1]).double() * own.norm()
+            head_ids, _, _ = model.pieces(pair.corrupted_question)
+            token = len(head_ids) + t
+            patched = []
+            for answer in (clean, corrupt):
+                if site == "head":
+                    hook = input_patcher(
+                        {0: [(token, head_slice(model, spec.head), vector.float())]}
+                    )
+                    hooks = [(head_module(model, spec.layer), None, hook)]
+                else:
+                    hooks = [
+                        (
+                            site_module(model, site, spec.layer),
+                            patcher({0: (token, vector.float())}),
+                            None,
+                        )
+                    ]
+                handles = [
+                    m.register_forward_hook(h) if h else m.register_forward_pre_hook(pre)
+                    for m, h, pre in hooks
+                ]
+                try:
+                    patched.append(forward_one(model, pair.corrupted_question, answer)[0])
+                finally:
+                    for handle in handles:
+                        handle.remove()
+            view = answer_view(*patched, clean, corrupt)
+            rows[(pair.id, spec.layer, spec.head, spec.positions)] = metrics(
+                view,
+                views["clean_question"],
+                views["corrupted_question"],
+                views["corrupted_question"],
+            )
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("family", "site", "source"),
+    [
+        ("gpt2", "resid", "mean"),
+        ("llama", "mlp", "random"),
+        ("gpt2", "attn", "steer"),
+        ("llama", "head", "mean"),
+        ("gpt2", "head", "random"),
+    ],
+)
+def test_sources_and_heads_equal_the_hook_reference(tmp_path, family, site, source):
+    """A plain causal LM (GPT-2, Llama with grouped-query attention) under every kind of
+    source and on one head: every metric equals one hooked forward per patch."""
+    from nnpatch.engine.plan import PatchSpec
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl", PAIRS)
+    patch = {"mode": "single", "site": site, "source": source, "layers": [1], "positions": [0, 3]}
+    if site == "head":
+        patch["heads"] = [1]
+    if source == "steer":
+        patch["scale"] = 2.0
+    recipe = write_recipe(
+        tmp_path, model={"preset": f"tiny-random-{family}"}, data={"pairs": str(pairs)}, patch=patch
+    )
+    results = run_recipe(recipe).filter(~pl.col("control"))
+    head = 1 if site == "head" else None
+    specs = [PatchSpec(1, ("0",), head), PatchSpec(1, ("3",), head)]
+    expected = plain_source_reference(tiny_random_lm(family), specs, site, source, 2.0)
+    assert results.height == len(expected)
+    for row in results.iter_rows(named=True):
+        want = expected[(row["pair_id"], row["layer"], row["head"], tuple(row["positions"]))]
+        for name in METRICS:
+            np.testing.assert_allclose(row[name], want[name], rtol=1e-4, atol=1e-4, err_msg=name)

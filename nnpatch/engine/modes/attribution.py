@@ -20,7 +20,7 @@ from nnpatch.engine.plan import PatchSpec, check_site, selected_layers, selected
 from nnpatch.fields import Int, PatchCommon
 from nnpatch.report import charts
 from nnpatch.report.summary import signed
-from nnpatch.run.tables import results_table
+from nnpatch.run.tables import Facets, results_table
 
 
 class AttributionPatch(PatchCommon):
@@ -69,9 +69,7 @@ class Attribution(Mode):
                 pairs,
                 estimates[torch.tensor(inside, dtype=torch.bool)],
                 names,
-                patch.mode,
-                patch.site,
-                patch.direction,
+                Facets(patch.mode, patch.site, patch.direction),
                 single=True,
                 estimate=True,
                 tokens=tokens,
@@ -81,9 +79,7 @@ class Attribution(Mode):
                 pairs,
                 values,
                 names,
-                "single",
-                patch.site,
-                patch.direction,
+                Facets("single", patch.site, patch.direction),
                 single=True,
                 tokens=tokens,
             ),

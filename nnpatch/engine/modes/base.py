@@ -29,7 +29,7 @@ import polars as pl
 import torch
 
 from nnpatch.engine.plan import PatchSpec
-from nnpatch.engine.trace import Baselines, Engine, PairAnswers, Row
+from nnpatch.engine.trace import Baselines, Engine, PairAnswers, Row, Written
 from nnpatch.pairs import Pair
 from nnpatch.report.summary import lead_metric, summarize
 from nnpatch.report.top import Table, top_cells_lines, top_cells_table
@@ -55,15 +55,42 @@ class Sweep:
     baselines: Baselines
     store: ShardStore
     progress: Callable[[int], Tick]  # total rows → a tick per batch done
+    groups: dict = field(default_factory=dict)  # (site, direction) → (Engine, Baselines)
 
-    def patched(self, rows: list[Row], tick: Tick) -> tuple[torch.Tensor, int]:
+    def group(
+        self, site: str, direction: str, cells: list, both_runs: bool
+    ) -> tuple[Engine, Baselines]:
+        """The engine and baselines of one (site, direction): the run's own for its first,
+        others built once (one baseline pass each) and kept for every source."""
+        if (site, direction) == (self.engine.site, self.engine.direction):
+            return self.engine, self.baselines
+        if (site, direction) not in self.groups:
+            engine = Engine(
+                self.model, site, direction, self.engine.metric_names, self.engine.remote
+            )
+            chunk = max(1, self.recipe.run.batch_size // 2)
+            base = engine.baselines(self.pairs, self.answers, cells, chunk, both_runs)
+            self.groups[(site, direction)] = (engine, base)
+        return self.groups[(site, direction)]
+
+    def patched(
+        self,
+        rows: list[Row],
+        tick: Tick,
+        written: Written | None = None,
+        group: tuple[Engine, Baselines] | None = None,
+        shards: str | None = None,
+    ) -> tuple[torch.Tensor, int]:
         """Metrics [rows, metrics] for (spec, receiver, donor) rows: batch by batch through
-        the engine, each batch saved as a shard; batches already saved are read back.
-        Returns the values and how many rows were computed."""
+        the engine (of `group`, else the run's own), each batch saved as a shard (in the
+        `shards` group's folder); batches already saved are read back. Returns the values
+        and how many rows were computed."""
+        engine, baselines = group or (self.engine, self.baselines)
+        store = self.store.group(shards)
         size, width = self.recipe.run.batch_size, len(self.recipe.metrics.names)
-        saved = self.store.load(width)
+        saved = store.load(width)
         batches = {first: len(rows[first : first + size]) for first in range(0, len(rows), size)}
-        self.store.check_batches(saved, batches)
+        store.check_batches(saved, batches)
         parts, computed = [torch.empty(0, width)], 0
         for first in range(0, len(rows), size):
             batch = rows[first : first + size]
@@ -71,8 +98,8 @@ class Sweep:
                 parts.append(torch.from_numpy(saved[first]))
                 tick(len(batch))
                 continue
-            values = self.engine.patch(self.pairs, self.answers, self.baselines, batch, size, tick)
-            self.store.write(first, values.numpy())
+            values = engine.patch(self.pairs, self.answers, baselines, batch, size, tick, written)
+            store.write(first, values.numpy())
             parts.append(values)
             computed += len(batch)
         return torch.cat(parts), computed
@@ -82,11 +109,10 @@ class Sweep:
         span (plain LMs: spans differ in length); every row of a CODI model is inside."""
         return rows_inside_spans(rows, self.model, self.pairs)
 
-    def receiver_tokens(self) -> list[dict[str, tuple[int, str]]]:
+    def receiver_tokens(self, direction: str | None = None) -> list[dict[str, tuple[int, str]]]:
         """Per pair: each position's index in the receiver's sequence and its token's text."""
-        side = (
-            "corrupted_question" if self.recipe.patch.direction == "denoise" else "clean_question"
-        )
+        direction = direction or self.engine.direction
+        side = "corrupted_question" if direction == "denoise" else "clean_question"
         return [self.model.position_tokens(getattr(pair, side)) for pair in self.pairs]
 
 
@@ -125,10 +151,18 @@ class Mode:
     def plan(self, patch, shape: ModelShape, source: str | Path) -> list[PatchSpec]:
         raise NotImplementedError
 
+    def primary(self, patch) -> tuple[str, str]:
+        """The (site, direction) the run's own engine and baseline pass are built for."""
+        return patch.site, getattr(patch, "direction", "denoise")
+
     def check(
         self, recipe: Recipe, model, pairs: list[Pair], plan: list[PatchSpec], source
     ) -> None:
         """Refuse, with a RecipeError, what only the built model and pairs can tell."""
+
+    def needs_both_runs(self, recipe: Recipe) -> bool:
+        """Whether the baseline pass must record both runs' activations, not the donor's."""
+        return self.reads_both_runs
 
     def cells(self, plan: list[PatchSpec]) -> list[tuple[int | None, str]]:
         """Every (layer, position) the plan patches, in a stable order."""

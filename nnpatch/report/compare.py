@@ -41,28 +41,33 @@ def compare_runs(a: str | Path, b: str | Path, out: str | Path, seed: int = 0) -
             keyed[mine] = (
                 keyed[mine].drop("layer").join(layers, how="cross").rename({"layer_": "layer"})
             )
+    keys = ["layer", "where", *_matched_facets(*keyed)]
     cells = (
         keyed[0]
-        .select("layer", "where")
+        .select(keys)
         .unique()
-        .join(keyed[1].select("layer", "where").unique(), on=["layer", "where"], nulls_equal=True)
+        .join(keyed[1].select(keys).unique(), on=keys, nulls_equal=True)
     )
     if cells.is_empty() or not metrics:
         raise NnpatchError(f"{a} and {b} share no (cell, metric) to compare")
     rows = []
-    for layer, where in cells.sort("layer", "where", nulls_last=True).iter_rows():
-        side = [
-            k.filter(pl.col("layer").eq_missing(layer) & (pl.col("where") == where)).sort("pair_id")
-            for k in keyed
-        ]
+    for cell in cells.sort(keys, nulls_last=True).iter_rows(named=True):
+        side = []
+        for k in keyed:
+            for key in keys:
+                k = k.filter(pl.col(key).eq_missing(cell[key]))
+            side.append(k.sort("pair_id"))
         paired = side[0]["pair_id"].to_list() == side[1]["pair_id"].to_list()
+        facets = {key: cell[key] for key in keys[2:]}
         for metric in metrics:
             va, vb = (s[metric].to_numpy().astype(float) for s in side)
-            key = f"{layer}|{where}|{metric}"
+            name = "|".join(f"{k}={v}" for k, v in facets.items())
+            key = f"{name}{'|' if name else ''}{cell['layer']}|{cell['where']}|{metric}"
             rows.append(
                 {
-                    "layer": layer,
-                    "positions": where.split(","),
+                    "layer": cell["layer"],
+                    "positions": cell["where"].split(","),
+                    **facets,
                     "metric": metric,
                     **_difference(va, vb, paired, seed, key),
                 }
@@ -71,6 +76,8 @@ def compare_runs(a: str | Path, b: str | Path, out: str | Path, seed: int = 0) -
         rows,
         schema_overrides={
             "layer": pl.Int64,
+            "head": pl.Int64,
+            "scale": pl.Float64,
             "mean_a": pl.Float64,
             "mean_b": pl.Float64,
             "mean": pl.Float64,
@@ -82,6 +89,23 @@ def compare_runs(a: str | Path, b: str | Path, out: str | Path, seed: int = 0) -
     )
     _write(table, run_a, run_b, Path(out))
     return table
+
+
+FACETS = ("site", "direction", "source", "scale", "head")
+
+
+def _matched_facets(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:
+    """The facets cells are matched on: those either run holds several values of (a grid),
+    and heads. Runs of one value each stand against each other whatever it is (resid
+    against thought, denoise against noise)."""
+    matched = []
+    for facet in FACETS:
+        if facet not in a.columns or facet not in b.columns:
+            continue
+        several = a[facet].n_unique() > 1 or b[facet].n_unique() > 1
+        if several or (facet == "head" and a[facet].is_not_null().any()):
+            matched.append(facet)
+    return matched
 
 
 def _real_rows(run) -> pl.DataFrame:
@@ -140,16 +164,19 @@ def _write(table: pl.DataFrame, run_a, run_b, out: Path) -> None:
     )
     bundle = vega_bundle()
     write_text(out / BUNDLE, bundle)
-    makers = {
-        f"diff_{metric}": partial(
-            charts.heatmap,
-            as_summary,
-            metric,
-            run_a.positions,
-            f"{metric}: A - B (* = CI excludes zero)",
-        )
-        for metric in table["metric"].unique(maintain_order=True)
-    }
+    facets = [k for k in FACETS if k in table.columns and k != "head"]
+    parts = table.partition_by(facets, as_dict=True) if facets else {(): table}
+    makers = {}
+    for values, part in parts.items():
+        suffix = "".join(f"_{v}" for v in values if v is not None).replace(".", "p")
+        shown = as_summary.filter(pl.col("metric").is_in(part["metric"].unique()))
+        for key, value in zip(facets, values, strict=True):
+            shown = shown.filter(pl.col(key).eq_missing(value))
+        for metric in part["metric"].unique(maintain_order=True):
+            title = f"{metric}{suffix.replace('_', ' ')}: A - B (* = CI excludes zero)"
+            makers[f"diff_{metric}{suffix}"] = partial(
+                charts.heatmap, shown, metric, run_a.positions, title
+            )
     specs, notes, _ = draw_charts(out, makers)
     header = ["metric", "cells", "cells that differ"]
     counts = [

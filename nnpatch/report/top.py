@@ -24,8 +24,24 @@ class Table:
     note: str = ""
 
 
+FACETS = ("site", "direction", "source", "scale")
+
+
+def labeller(summary: pl.DataFrame):
+    """A cell's label, with the facets (site, direction, source, scale) that vary in the
+    summary: "L2 t0" in a one-recipe run, "L2 t0 (attn, mean)" in a grid."""
+    varying = [k for k in FACETS if k in summary.columns and summary[k].n_unique() > 1]
+
+    def label(row: dict) -> str:
+        facets = [str(row[k]) for k in varying if row[k] is not None]
+        return cell_label(row) + (f" ({', '.join(facets)})" if facets else "")
+
+    return label
+
+
 def top_cells_table(summary: pl.DataFrame, lead: str, count: int = TOP) -> Table:
     rows = []
+    cell_label = labeller(summary)
     for row in top_cells(summary, lead, count).iter_rows(named=True):
         control = "" if row["control_mean"] is None else signed(row["control_mean"])
         beats = {True: "yes", False: "no", None: ""}[row["differs_from_control"]]
@@ -47,8 +63,11 @@ def top_cells_table(summary: pl.DataFrame, lead: str, count: int = TOP) -> Table
 def top_cells_lines(summary: pl.DataFrame, lead: str, title: str, count: int = 8) -> list[str]:
     """The same cells, one aligned line each, for the end-of-run screen."""
     lines = [f"top cells by mean {lead} ({title}):"]
-    for row in top_cells(summary, lead, count).iter_rows(named=True):
-        lines.append(f"  {cell_label(row):<16} {_cell_line(row)}")
+    label = labeller(summary)
+    rows = list(top_cells(summary, lead, count).iter_rows(named=True))
+    width = max([16, *(len(label(row)) for row in rows)])
+    for row in rows:
+        lines.append(f"  {label(row):<{width}} {_cell_line(row)}")
     return lines
 
 

@@ -115,3 +115,56 @@ def test_steering_by_zero_changes_nothing(tmp_path):
     np.testing.assert_allclose(results["kl_from_corrupt"], 0, atol=1e-6)
     np.testing.assert_allclose(results["l2"], 0, atol=1e-4)
     assert results["top1_changed"].sum() == 0
+
+
+def test_a_grid_gives_the_rows_and_summary_of_its_single_runs(tmp_path):
+    """site, direction and source as lists: each combination's rows, control rows and
+    summary equal those of the recipe run with that one combination."""
+    from nnpatch.run.execute import execute
+    from nnpatch.run.prepare import prepare
+
+    common = {"mode": "single", "layers": [1], "positions": [0, 3]}
+    grid = {
+        **common,
+        "site": ["resid", "attn"],
+        "direction": ["denoise", "noise"],
+        "source": ["donor", "mean"],
+    }
+    finished = execute(prepare(write_recipe(tmp_path, name="grid", patch=grid)))
+    rows, summary = finished.results, finished.summary
+    keys = ["pair_id", "layer", "position", "control"]
+    drop = ["token_index", "token", "token_indices", "tokens"]
+    for site in ("resid", "attn"):
+        for direction in ("denoise", "noise"):
+            for source in ("donor", "mean"):
+                one = {**common, "site": site, "direction": direction, "source": source}
+                name = f"{site}-{direction}-{source}"
+                alone = execute(prepare(write_recipe(tmp_path, name=name, patch=one)))
+                mine = rows.filter(
+                    (pl.col("site") == site)
+                    & (pl.col("direction") == direction)
+                    & (~pl.col("control") & (pl.col("source") == source) | pl.col("control"))
+                )
+                assert_same(mine.drop(drop).sort(keys), alone.results.drop(drop).sort(keys), name)
+                cells = summary.filter(
+                    (pl.col("site") == site)
+                    & (pl.col("direction") == direction)
+                    & (pl.col("source") == source)
+                )
+                assert_same(cells, alone.summary, name)
+
+
+def assert_same(a: pl.DataFrame, b: pl.DataFrame, name: str) -> None:
+    """Equal tables: every column exactly, floats within 1e-5 (other rows share batches)."""
+    assert a.columns == b.columns and a.height == b.height, name
+    for column in a.columns:
+        if a[column].dtype == pl.Float64:
+            np.testing.assert_allclose(
+                a[column].to_numpy().astype(float),
+                b[column].to_numpy().astype(float),
+                rtol=1e-5,
+                atol=1e-5,
+                err_msg=f"{name} {column}",
+            )
+        else:
+            assert a[column].equals(b[column]), (name, column)

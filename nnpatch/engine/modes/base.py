@@ -189,7 +189,8 @@ class Mode:
     def screen_lines(self, summary: pl.DataFrame, recipe: Recipe) -> list[str]:
         """What the end-of-run screen says about the rows."""
         patch = recipe.patch
-        title = f"{patch.mode}, {patch.site}, {getattr(patch, 'direction', '')}".rstrip(", ")
+        parts = [patch.mode, patch.site, getattr(patch, "direction", None)]
+        title = ", ".join("+".join(p) if isinstance(p, list) else p for p in parts if p)
         return top_cells_lines(summary, lead_metric(recipe.metrics.names), title)
 
     def charts(self, run) -> dict[str, Callable[[], object]]:

@@ -822,7 +822,12 @@ def corpus(tmp_path_factory):
         *folder_cases(tmp, finished, interrupted),
         *fault_cases(tmp, sweep),
     ]
-    values = {"gsm8k": gsm8k, "pid": LIVE[0].pid}
+    values = {
+        "gsm8k": gsm8k,
+        "gsm8k_dir": Path(gsm8k).parent,
+        "gsm8k_name": Path(gsm8k).name,
+        "pid": LIVE[0].pid,
+    }
     return tmp, cases, marker, values
 
 
@@ -953,7 +958,7 @@ EXPECTED: dict[str, str] = {
     "unknown command": "No such command 'frobnicate'.",
     "unknown option": "No such option '--colour'. Did you mean '--out'?",
     "pairs: --out is --input": "--out {gsm8k} is the --input file itself; writing it would destroy the GSM8K data, so nothing was written: choose another --out",
-    "pairs: --out names --input another way": "--out /work/shared/data/gsm8k/x/../test.jsonl is the --input file itself; writing it would destroy the GSM8K data, so nothing was written: choose another --out",
+    "pairs: --out names --input another way": "--out {gsm8k_dir}/x/../{gsm8k_name} is the --input file itself; writing it would destroy the GSM8K data, so nothing was written: choose another --out",
     "pairs: --out is a link to --input": "--out {tmp}/link.jsonl is the --input file itself; writing it would destroy the GSM8K data, so nothing was written: choose another --out",
     "pairs: --out is a hard link to --input": "--out {tmp}/hard.jsonl is the --input file itself; writing it would destroy the GSM8K data, so nothing was written: choose another --out",
     "pairs: --out is a folder": "Invalid value for '--out': File '{tmp}' is a directory.",

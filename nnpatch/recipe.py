@@ -108,6 +108,9 @@ class RunSection(Section):
     report: Literal["full", "html", "none"] = "full"
     # the largest export a run may write (mode record), e.g. "2GiB"; checked before it runs
     max_export: int | str = "2GiB"
+    # the most patched rows a run may plan (all pairs, combinations and controls); a plan
+    # over it is refused before anything runs, with its count
+    max_rows: Int = Field(default=1_000_000, ge=1)
     # true: every traced forward runs on NDIF; "local": serialised as for NDIF, run here
     remote: bool | Literal["local"] = False
 
@@ -125,6 +128,12 @@ class RunSection(Section):
         return value
 
 
+class StatsSection(Section):
+    # the false discovery rate `differs_from_control_fdr` controls (Benjamini-Hochberg,
+    # over a run's cells of one metric)
+    fdr: Float = Field(default=0.05, gt=0, lt=1)
+
+
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     model: ModelSection
@@ -132,6 +141,7 @@ class Recipe(Section):
     patch: Patch
     metrics: MetricsSection = MetricsSection()
     run: RunSection = RunSection()
+    stats: StatsSection = StatsSection()
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

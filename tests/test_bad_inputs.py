@@ -48,6 +48,7 @@ INT_FIELDS = [
     "data.limit",
     "run.batch_size",
     "run.seed",
+    "run.max_rows",
 ]
 CHOICES = {
     "patch.mode": "'diagonal'",
@@ -119,7 +120,7 @@ def recipe_cases(tmp: Path, base: str) -> list[Case]:
             b + "run: Input should be a valid dictionary or instance of RunSection; got 3",
         ),
     ]
-    for section in ("model", "data", "patch", "metrics", "run"):
+    for section in ("model", "data", "patch", "metrics", "run", "stats"):
         cases.append(
             Case(
                 f"unknown key in [{section}]",
@@ -346,6 +347,29 @@ def recipe_cases(tmp: Path, base: str) -> list[Case]:
             [*run, "patch={mode='record'}", "--set", "run.max_export='1KiB'"],
         ),
         Case("record: a folder", ["record", str(tmp)]),
+        # sources, heads, grids, subsets and the FDR
+        Case("scale without steer", [*run, "patch.scale=2.0"]),
+        Case("heads without the head site", [*run, "patch.heads=[0]"]),
+        Case("a head out of range", [*run, "patch.site='head'", "--set", "patch.heads=[0, 99]"]),
+        Case("a head listed twice", [*run, "patch.site='head'", "--set", "patch.heads=[1, 1]"]),
+        Case("heads empty", [*run, "patch.site='head'", "--set", "patch.heads=[]"]),
+        Case("an unknown source", [*run, "patch.source='noise'"]),
+        Case("an empty source list", [*run, "patch.source=[]"]),
+        Case("an unknown site in a list", [*run, "patch.site=['resid', 'residual']"]),
+        Case("the mean of one pair", [*run, "patch.source='mean'", "--set", "data.limit=1"]),
+        Case("steer scale as text", [*run, "patch.source='steer'", "--set", "patch.scale='2'"]),
+        Case("head site on the lens", [*run, "patch={mode='lens', site='head'}"]),
+        Case("sets on subsets", [*run, "patch={mode='subsets', sets=[[0]]}"]),
+        Case("subsets over max_rows", [*run, "patch={mode='subsets'}", "--set", "run.max_rows=10"]),
+        Case(
+            "a grid over max_rows",
+            [*run, "patch.site=['resid', 'attn']", "--set", "run.max_rows=5"],
+        ),
+        Case("max_rows zero", [*run, "run.max_rows=0"]),
+        Case("fdr zero", [*run, "stats.fdr=0.0"]),
+        Case("fdr one", [*run, "stats.fdr=1.0"]),
+        Case("fdr as a boolean", [*run, "stats.fdr=true"]),
+        Case("fdr as text", [*run, "stats.fdr='5%'"]),
         # overrides
         Case("--set without =", [*run, "patch.site"], "?"),
         Case("--set with an empty key part", [*run, "patch..site=1"], "?"),
@@ -890,7 +914,7 @@ def test_every_case_is_one_line_its_exit_code_and_a_true_folder_state(corpus, mo
 
 # the messages of the cases above that do not spell theirs out
 EXPECTED: dict[str, str] = {
-    "patch.mode = 'diagonal'": "{tmp}/base.toml: patch.mode: unknown mode 'diagonal'; use one of 'single', 'layer', 'chained', 'sets', 'attribution', 'lens', 'record'",
+    "patch.mode = 'diagonal'": "{tmp}/base.toml: patch.mode: unknown mode 'diagonal'; use one of 'single', 'layer', 'chained', 'sets', 'subsets', 'attribution', 'lens', 'record'",
     "patch.site = 'residual'": "{tmp}/base.toml: patch.site: Input should be 'resid', 'attn', 'mlp', 'head' or 'thought'; got 'residual'",
     "patch.direction = 'up'": "{tmp}/base.toml: patch.direction: Input should be 'denoise' or 'noise'; got 'up'",
     "patch.control = 'shuffle'": "{tmp}/base.toml: patch.control: Input should be 'random-donor' or 'none'; got 'shuffle'",
@@ -1021,4 +1045,23 @@ EXPECTED: dict[str, str] = {
     "record: a folder": "{tmp}: (file): is a folder, not a recipe file; give a .toml file",
     "steps not a list": '{tmp}/base.toml: data.pairs: {tmp}/st.jsonl:1: field \'clean_steps\' must be a list of values (each calculator step\'s result, in order), e.g. ["24", "72"]',
     "a boolean step": '{tmp}/base.toml: data.pairs: {tmp}/sb.jsonl:1: field \'corrupted_steps\' must be a list of values (each calculator step\'s result, in order), e.g. ["24", "72"]',
+    "scale without steer": "{tmp}/base.toml: patch.scale: applies to source 'steer' only; remove it",
+    "heads without the head site": "{tmp}/base.toml: patch.heads: applies to site 'head' only; remove it",
+    "a head out of range": "{tmp}/base.toml: patch.heads: head 99 is out of range for tiny-random-codi (heads 0..3); use heads in range or 'all'",
+    "a head listed twice": "{tmp}/base.toml: patch.heads: a head is listed twice; list each once",
+    "heads empty": "{tmp}/base.toml: patch.heads: List should have at least 1 item after validation, not 0; got []",
+    "an unknown source": "{tmp}/base.toml: patch.source: Input should be 'donor', 'mean', 'zero', 'random' or 'steer'; got 'noise'",
+    "an empty source list": "{tmp}/base.toml: patch.source: List should have at least 1 item after validation, not 0; got []",
+    "an unknown site in a list": "{tmp}/base.toml: patch.site: Input should be 'resid', 'attn', 'mlp', 'head' or 'thought'; got 'residual'",
+    "the mean of one pair": "{tmp}/base.toml: patch.source: 'mean' averages the other pairs' activations and this run has 1 pair; use more pairs, or another source",
+    "steer scale as text": "{tmp}/base.toml: patch.scale: Input should be a valid number; got '2'",
+    "head site on the lens": "{tmp}/base.toml: patch.site: Input should be 'resid' or 'thought'; got 'head'",
+    "sets on subsets": "{tmp}/base.toml: patch.sets: unknown key; remove it or check its spelling against the README's recipe reference",
+    "subsets over max_rows": "{tmp}/base.toml: run.max_rows: the plan has 1,512 rows (3 pairs), more than run.max_rows = 10; raise run.max_rows, or narrow patch.layers, patch.positions or data.limit",
+    "a grid over max_rows": "{tmp}/base.toml: run.max_rows: the plan has 288 rows (3 pairs), more than run.max_rows = 5; raise run.max_rows, or narrow patch.layers, patch.positions or data.limit",
+    "max_rows zero": "{tmp}/base.toml: run.max_rows: Input should be greater than or equal to 1; got 0",
+    "fdr zero": "{tmp}/base.toml: stats.fdr: Input should be greater than 0; got 0.0",
+    "fdr one": "{tmp}/base.toml: stats.fdr: Input should be less than 1; got 1.0",
+    "fdr as a boolean": "{tmp}/base.toml: stats.fdr: Input should be a valid number; got True",
+    "fdr as text": "{tmp}/base.toml: stats.fdr: Input should be a valid number; got '5%'",
 }

@@ -22,16 +22,45 @@ def generator(seed: int, key: str) -> np.random.Generator:
 MIN_PAIRS = 2  # fewer finite pairs carry no interval and no comparison
 
 
-def bootstrap_ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean over pairs (`RESAMPLES` resamples); needs at least
+def bootstrap_means(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`RESAMPLES` means of resamples of the values (with replacement); needs at least
     `MIN_PAIRS` values (callers give None below that)."""
     if len(values) < MIN_PAIRS:
         raise ValueError(f"a bootstrap CI needs at least {MIN_PAIRS} values")
     draws = rng.integers(0, len(values), size=(RESAMPLES, len(values)))
-    means = values[draws].mean(axis=1)
+    return values[draws].mean(axis=1)
+
+
+def percentile_ci(means: np.ndarray) -> tuple[float, float]:
     tail = 100 * (1 - LEVEL) / 2
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def bootstrap_ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over pairs."""
+    return percentile_ci(bootstrap_means(values, rng))
+
+
+def bootstrap_p(means: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "the mean is zero", from the same resampled means as
+    the CI: twice the smaller share of means on either side of zero, counted with the
+    observed sample ((k + 1) / (R + 1), never 0), at most 1."""
+    below, above = int((means <= 0).sum()), int((means >= 0).sum())
+    return min(1.0, 2 * (min(below, above) + 1) / (len(means) + 1))
+
+
+def bh_q_values(p: list[float | None]) -> list[float | None]:
+    """Benjamini-Hochberg q-values of the p-values given (None: no test, left out of the
+    family): q_(i) = min over j >= i of m p_(j) / j, at most 1, in the input order."""
+    tested = sorted((value, i) for i, value in enumerate(p) if value is not None)
+    q: list[float | None] = [None] * len(p)
+    smallest = 1.0
+    for rank in range(len(tested), 0, -1):
+        value, i = tested[rank - 1]
+        smallest = min(smallest, value * len(tested) / rank)
+        q[i] = smallest
+    return q
 
 
 EMPTY = dict.fromkeys(
@@ -46,6 +75,7 @@ EMPTY = dict.fromkeys(
         "diff_ci95_low",
         "diff_ci95_high",
         "differs_from_control",
+        "p_value",
     ]
 )
 
@@ -65,7 +95,7 @@ def cell_stats(values: np.ndarray, control: np.ndarray | None, seed: int, key: s
     Pairs whose value (or control value) is not finite, e.g. recovery where the clean and
     corrupted logit differences coincide, are left out and counted in `nonfinite_pairs`.
     Below `MIN_PAIRS` finite pairs there is a mean but no sem, CI or comparison, and a
-    zero-width difference CI never says `differs_from_control`."""
+    zero-width difference CI never says `differs_from_control` and has no `p_value`."""
     finite = np.isfinite(values) if control is None else np.isfinite(values) & np.isfinite(control)
     dropped = int(len(values) - finite.sum())
     values = values[finite]
@@ -88,17 +118,22 @@ def cell_stats(values: np.ndarray, control: np.ndarray | None, seed: int, key: s
         "diff_ci95_low": None,
         "diff_ci95_high": None,
         "differs_from_control": None,
+        "p_value": None,
         "nonfinite_pairs": dropped,
     }
     if control is not None:
         c_low, c_high = bootstrap_ci(control, generator(seed, key + "|control"))
-        d_low, d_high = bootstrap_ci(values - control, generator(seed, key + "|diff"))
+        means = bootstrap_means(values - control, generator(seed, key + "|diff"))
+        d_low, d_high = percentile_ci(means)
+        differs = excludes_zero(d_low, d_high)
         out.update(
             control_mean=float(control.mean()),
             control_ci95_low=c_low,
             control_ci95_high=c_high,
             diff_ci95_low=d_low,
             diff_ci95_high=d_high,
-            differs_from_control=excludes_zero(d_low, d_high),
+            differs_from_control=differs,
+            # no interval, no test: a zero-width difference is not evidence of one
+            p_value=None if differs is None else bootstrap_p(means),
         )
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from nnpatch.report.stats import cell_stats
+from nnpatch.report.stats import bh_q_values, cell_stats
 
 CELL_KEYS = [
     "mode",
@@ -33,16 +33,25 @@ TYPES = {
     "diff_ci95_low": pl.Float64,
     "diff_ci95_high": pl.Float64,
     "differs_from_control": pl.Boolean,
+    "p_value": pl.Float64,
+    "q_value": pl.Float64,
+    "differs_from_control_fdr": pl.Boolean,
 }
+FDR = 0.05  # the default false discovery rate (recipe `stats.fdr`)
 
 
-def summarize(results: pl.DataFrame, names: list[str], seed: int = 0) -> pl.DataFrame:
+def summarize(
+    results: pl.DataFrame, names: list[str], seed: int = 0, fdr: float = FDR
+) -> pl.DataFrame:
     """Per cell and metric: n, mean, sem, bootstrap 95% CI over pairs, and the control.
 
     A cell is everything that makes its rows: mode, site, direction, source, scale, head,
     layer and positions. It "differs from control" when the bootstrap CI of
     (patched - control), paired by pair, excludes zero: it moves the answer more than
-    patching the same cells from a mismatched pair does.
+    patching the same cells from a mismatched pair does. That flag is uncorrected: across
+    a run's many cells some clear it by chance. `q_value` is the Benjamini-Hochberg q-value
+    of the same difference's bootstrap p-value, over the run's cells of one metric, and
+    `differs_from_control_fdr` says q <= `fdr`: the cells that survive the correction.
     """
     results = with_facets(results)
     real = results.filter(~pl.col("control")).sort("pair_id", maintain_order=True)
@@ -62,6 +71,11 @@ def summarize(results: pl.DataFrame, names: list[str], seed: int = 0) -> pl.Data
             paired = match[name].to_numpy().astype(float) if match.height == group.height else None
             cell = {k: first[k] for k in CELL_KEYS}
             rows.append({**cell, "metric": name, **cell_stats(values, paired, seed, key)})
+    for name in names:
+        family = [row for row in rows if row["metric"] == name]
+        for row, q in zip(family, bh_q_values([r["p_value"] for r in family]), strict=True):
+            row["q_value"] = q
+            row["differs_from_control_fdr"] = None if q is None else q <= fdr
     return pl.DataFrame(rows, schema_overrides=TYPES, infer_schema_length=None)
 
 

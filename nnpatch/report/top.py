@@ -50,13 +50,28 @@ def top_cells_table(summary: pl.DataFrame, lead: str, count: int = TOP) -> Table
             if row["ci95_low"] is None
             else f"[{signed(row['ci95_low'])}, {signed(row['ci95_high'])}]"
         )
-        rows.append([cell_label(row), signed(row["mean"]), ci, str(row["n"]), control, beats])
+        q = row.get("q_value")  # absent from runs made before q-values
+        fdr = {True: "yes", False: "no", None: ""}[row.get("differs_from_control_fdr")]
+        rows.append(
+            [
+                cell_label(row),
+                signed(row["mean"]),
+                ci,
+                str(row["n"]),
+                control,
+                beats,
+                "" if q is None else f"{q:.3g}",
+                fdr,
+            ]
+        )
     return Table(
         f"Top cells by mean {lead}",
-        ["cell", "mean", "95% CI", "n", "control", "differs from control"],
+        ["cell", "mean", "95% CI", "n", "control", "differs from control", "q (BH)", "after FDR"],
         rows,
         "95% CIs are percentile bootstraps over pairs. A cell differs from the control when the "
-        "CI of its paired difference to the random-donor control excludes zero.",
+        "CI of its paired difference to the random-donor control excludes zero (uncorrected). "
+        "q: the Benjamini-Hochberg q-value of that difference over the run's cells of this "
+        "metric; after FDR: q at most stats.fdr.",
     )
 
 
@@ -83,5 +98,8 @@ def _cell_line(row: dict) -> str:
     )
     control = ""
     if row["control_mean"] is not None:
-        control = f"  control {row['control_mean']:+.3f} ({VERDICT[row['differs_from_control']]})"
+        verdict = VERDICT[row["differs_from_control"]]
+        if row.get("q_value") is not None:
+            verdict += f", q={row['q_value']:.2g}"
+        control = f"  control {row['control_mean']:+.3f} ({verdict})"
     return f"{row['mean']:+.3f}  {ci}  n={row['n']}{control}"

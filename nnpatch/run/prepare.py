@@ -81,10 +81,22 @@ def prepare(
     except PairsError as err:
         raise RecipeError(source, "data.pairs", str(err)) from None
     mode.check(recipe, model, pairs, plan, source)
+    _check_row_count(mode, recipe, model.shape, plan, len(pairs), source)
     notes = _span_notes(model, pairs, plan) + mode.notes(recipe, pairs)
     return Prepared(
         recipe, source, data, overrides, model, pairs, counts, mode, plan, engine, answers, notes
     )
+
+
+def _check_row_count(mode: Mode, recipe: Recipe, shape, plan, pairs: int, source) -> None:
+    count, limit = mode.row_count(recipe, shape, plan, pairs), recipe.run.max_rows
+    if count > limit:
+        raise RecipeError(
+            source,
+            "run.max_rows",
+            f"the plan has {count:,} rows ({pairs} pairs), more than run.max_rows = {limit:,}",
+            "raise run.max_rows, or narrow patch.layers, patch.positions or data.limit",
+        )
 
 
 @dataclass
@@ -107,7 +119,9 @@ def check(path: str | Path, overrides: list[str] = ()) -> Checked:
     except ModelError as err:
         note = f"model not checked here (layer and position ranges unchecked): {err}"
         return Checked(recipe, len(pairs), None, None, [note])
-    plan = mode_for(recipe.patch.mode).plan(recipe.patch, shape, source)
+    mode = mode_for(recipe.patch.mode)
+    plan = mode.plan(recipe.patch, shape, source)
+    _check_row_count(mode, recipe, shape, plan, len(pairs), source)
     return Checked(recipe, len(pairs), shape, plan, [])
 
 

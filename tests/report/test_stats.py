@@ -39,3 +39,97 @@ def test_a_spread_difference_still_gets_its_verdict():
     assert out["differs_from_control"] is True
     same = cell_stats(values, values + 0.01 * rng.standard_normal(20), seed=0, key="k")
     assert same["differs_from_control"] is False
+
+
+def step_up_rejections(p: list[float], alpha: float) -> set[int]:
+    """The Benjamini-Hochberg procedure as first stated: reject the k* smallest p-values,
+    k* the largest k with p_(k) <= k alpha / m."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    k_star = max(
+        (k for k in range(1, len(p) + 1) if p[order[k - 1]] <= k * alpha / len(p)), default=0
+    )
+    return set(order[:k_star])
+
+
+def test_bh_q_values_are_the_step_up_procedure_at_every_level():
+    """q <= alpha picks exactly the hypotheses BH's step-up rejects at alpha, for every alpha;
+    untested cells (None) stay out of the family; q is monotone in p and at most 1."""
+    from nnpatch.report.stats import bh_q_values
+
+    rng = np.random.default_rng(3)
+    p = list(np.concatenate([rng.uniform(0, 0.02, 15), rng.uniform(0, 1, 40), [0.01, 0.01]]))
+    with_gaps = p[:10] + [None] + p[10:] + [None]
+    q = bh_q_values(with_gaps)
+    assert q[10] is None and q[-1] is None
+    tested = [value for value in q if value is not None]
+    assert all(0 <= value <= 1 for value in tested)
+    for alpha in [0.001, 0.01, 0.03, 0.05, 0.1, 0.25, 0.5]:
+        assert {i for i, value in enumerate(tested) if value <= alpha} == step_up_rejections(
+            p, alpha
+        )
+    ranked = sorted(zip(p, tested, strict=True))
+    assert all(a[1] <= b[1] for a, b in zip(ranked, ranked[1:], strict=False))
+
+
+def test_the_p_value_comes_from_the_same_resamples_as_the_ci():
+    """p = 2 min(share of resampled mean differences <= 0, share >= 0), counted with the
+    observed sample; the difference CI is the one those resamples give."""
+    from nnpatch.report.stats import RESAMPLES, generator
+
+    rng = np.random.default_rng(1)
+    values, control = 0.2 + rng.standard_normal(12), rng.standard_normal(12)
+    out = cell_stats(values, control, seed=5, key="L1|0|recovery")
+    draws = generator(5, "L1|0|recovery|diff").integers(0, 12, size=(RESAMPLES, 12))
+    means = (values - control)[draws].mean(axis=1)
+    below, above = (means <= 0).sum(), (means >= 0).sum()
+    assert out["p_value"] == min(1.0, 2 * (min(below, above) + 1) / (RESAMPLES + 1))
+    ci = (out["diff_ci95_low"], out["diff_ci95_high"])
+    np.testing.assert_allclose(ci, np.percentile(means, [2.5, 97.5]), rtol=1e-12)
+    assert 0 < out["p_value"] < 1
+
+
+def test_no_interval_means_no_p_value():
+    assert cell_stats(np.full(6, 1.0), np.full(6, 0.5), seed=0, key="k")["p_value"] is None
+    assert cell_stats(np.array([1.0]), np.array([0.0]), seed=0, key="k")["p_value"] is None
+    assert cell_stats(np.array([1.0, 2.0]), None, seed=0, key="k")["p_value"] is None
+
+
+def test_summary_q_values_are_bh_over_each_metrics_cells():
+    """summarize: per metric, q over that metric's cells with a p-value; the FDR flag is
+    q <= fdr; a cell without a test has neither."""
+    import polars as pl
+
+    from nnpatch.report.stats import bh_q_values
+    from nnpatch.report.summary import summarize
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for layer in range(4):
+        for position in ("0", "1", "2"):
+            for i in range(8):
+                for control in (False, True):
+                    shift = 0 if control else 0.3 * layer
+                    rows.append(
+                        {
+                            "pair_id": f"p{i}",
+                            "mode": "single",
+                            "site": "resid",
+                            "direction": "denoise",
+                            "layer": layer,
+                            "position": position,
+                            "positions": [position],
+                            "control": control,
+                            "a": shift + rng.standard_normal(),
+                            # constant: a zero-width difference, no test
+                            "b": 1.0 if position == "2" else shift + rng.standard_normal(),
+                        }
+                    )
+    summary = summarize(pl.DataFrame(rows), ["a", "b"], seed=0, fdr=0.1)
+    for metric in ("a", "b"):
+        part = summary.filter(pl.col("metric") == metric)
+        assert part["q_value"].to_list() == bh_q_values(part["p_value"].to_list())
+        flags = [None if q is None else q <= 0.1 for q in part["q_value"]]
+        assert part["differs_from_control_fdr"].to_list() == flags
+    untested = summary.filter((pl.col("metric") == "b") & (pl.col("position") == "2"))
+    assert untested["q_value"].null_count() == untested.height == 4
+    assert summary.filter(pl.col("metric") == "a")["differs_from_control_fdr"].any()

@@ -10,8 +10,9 @@ from nnpatch.engine.modes.base import Computed, Mode, Sweep
 from nnpatch.engine.modes.lens import Lens
 from nnpatch.engine.modes.patching import Patching
 from nnpatch.engine.modes.record import Record
+from nnpatch.engine.modes.subsets import Subsets
 
-FAMILIES: tuple[Mode, ...] = (Patching(), Attribution(), Lens(), Record())
+FAMILIES: tuple[Mode, ...] = (Patching(), Subsets(), Attribution(), Lens(), Record())
 
 MODES: dict[str, Mode] = {
     get_args(section.model_fields["mode"].annotation)[0]: family

@@ -160,6 +160,12 @@ class Mode:
     ) -> None:
         """Refuse, with a RecipeError, what only the built model and pairs can tell."""
 
+    def row_count(
+        self, recipe: Recipe, shape: ModelShape, plan: list[PatchSpec], pairs: int
+    ) -> int:
+        """How many rows the run plans (checked against `run.max_rows` before it starts)."""
+        return len(plan) * pairs
+
     def needs_both_runs(self, recipe: Recipe) -> bool:
         """Whether the baseline pass must record both runs' activations, not the donor's."""
         return self.reads_both_runs
@@ -180,7 +186,7 @@ class Mode:
 
     def summarize(self, results: pl.DataFrame, recipe: Recipe) -> pl.DataFrame:
         """Per cell and metric: mean, sem, bootstrap CI over pairs, and the control."""
-        return summarize(results, recipe.metrics.names, recipe.run.seed)
+        return summarize(results, recipe.metrics.names, recipe.run.seed, recipe.stats.fdr)
 
     def key_table(self, summary: pl.DataFrame, metrics: list[str]) -> Table:
         """The table the report leads with."""

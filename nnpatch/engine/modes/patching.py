@@ -150,6 +150,18 @@ class Patching(Mode):
             for i, group in enumerate(patch.sets)
         ]
 
+    def row_count(self, recipe, shape, plan, pairs: int) -> int:
+        """Every site's rows, for each direction and source, and the control's once per
+        (site, direction)."""
+        patch = recipe.patch
+        controls = int(patch.control == "random-donor" and pairs > 1)
+        per_site = [
+            plan if site == patch.sites[0] else self.site_plan(patch, shape, "<recipe>", site)
+            for site in patch.sites
+        ]
+        each = len(patch.directions) * (len(patch.sources) + controls) * pairs
+        return sum(len(rows) for rows in per_site) * each
+
     def needs_both_runs(self, recipe) -> bool:
         patch = recipe.patch
         return any(s in NEEDS_BOTH_RUNS for s in patch.sources) or len(patch.directions) > 1

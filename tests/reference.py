@@ -363,3 +363,80 @@ def source_reference_rows(
                 view, clean_view, corrupt_view, receiver_view
             )
     return rows
+
+
+def all_outputs(model, question: str, clean, corrupt, hooks=()) -> tuple:
+    """One recurrent forward recording every decoder layer's output and every prj output
+    (per call), after `hooks` (patches) have applied; (answer logits, recorded)."""
+    layers = [site_module(model, "resid", layer) for layer in range(model.num_layers)]
+    recorded = {("resid", layer): [] for layer in range(model.num_layers)}
+    recorded[("thought", None)] = []
+    record = [(m, recorder(recorded[("resid", j)])) for j, m in enumerate(layers)]
+    record.append((model.module.prj, recorder(recorded[("thought", None)])))
+    logits = run_one(model, question, clean, corrupt, [*hooks, *record])
+    return logits, recorded
+
+
+def later_targets(position: str, K: int, layers: int, values: dict) -> dict:
+    """Writes that set every thought after `position` (its prj output, each layer's output)
+    to `values` (recorded per (site, layer) and call): module key → {call: (token, vector)}."""
+    first = {"bot": 0, "eot": K}.get(position)
+    first = int(position) + 1 if first is None else first
+    targets: dict = {}
+    for t in range(first, K):
+        targets.setdefault(("thought", None), {})[t] = (0, values[("thought", None)][t][:, 0])
+        for layer in range(layers):
+            recorded = values[("resid", layer)][t + 1]
+            targets.setdefault(("resid", layer), {})[t + 1] = (0, recorded[:, 0])
+    return targets
+
+
+def mediation_reference_rows(model, pairs, cells, site: str, direction: str) -> dict:
+    """Total, direct and indirect effects per (pair, layer, position), each one hooked
+    recurrent forward: total patches the cell from the donor run; direct also writes every
+    later thought's prj output and layer outputs from the receiver's own run; indirect
+    writes only those, as the total forward produced them."""
+    K, L = model.num_thoughts, model.num_layers
+    rows = {}
+
+    def hooks(targets: dict) -> list:
+        return [
+            (site_module(model, key[0], key[1]), patcher(calls)) for key, calls in targets.items()
+        ]
+
+    for pair in pairs:
+        clean, corrupt = (
+            answer_ids(model, pair.clean_answer),
+            answer_ids(model, pair.corrupted_answer),
+        )
+        donor_q, receiver_q = (
+            (pair.clean_question, pair.corrupted_question)
+            if direction == "denoise"
+            else (pair.corrupted_question, pair.clean_question)
+        )
+        clean_view = answer_view(
+            *run_one(model, pair.clean_question, clean, corrupt), clean, corrupt
+        )
+        corrupt_view = answer_view(
+            *run_one(model, pair.corrupted_question, clean, corrupt), clean, corrupt
+        )
+        receiver_view = corrupt_view if direction == "denoise" else clean_view
+        _, donor = all_outputs(model, donor_q, clean, corrupt)
+        _, own = all_outputs(model, receiver_q, clean, corrupt)
+        for layer, position in cells:
+            call, token = call_and_token(site, position, K)
+            key = (site, layer)
+            cell = {key: {call: (token, donor[key][call][:, token])}}
+            total, under_patch = all_outputs(model, receiver_q, clean, corrupt, hooks(cell))
+            direct_targets = later_targets(position, K, L, own)
+            for module, calls in cell.items():
+                direct_targets.setdefault(module, {}).update(calls)
+            direct = run_one(model, receiver_q, clean, corrupt, hooks(direct_targets))
+            indirect_targets = later_targets(position, K, L, under_patch)
+            indirect = run_one(model, receiver_q, clean, corrupt, hooks(indirect_targets))
+            for effect, logits in (("total", total), ("direct", direct), ("indirect", indirect)):
+                view = answer_view(*logits, clean, corrupt)
+                rows[(pair.id, layer, position, effect)] = metrics(
+                    view, clean_view, corrupt_view, receiver_view
+                )
+    return rows

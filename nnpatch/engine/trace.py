@@ -262,7 +262,6 @@ class Engine:
         written: Written,
     ) -> torch.Tensor:
         index = [pair for _, pair, _ in batch]
-        encoded, targets, refs = self.receivers(pairs, answers, baselines, index)
         rows_by_cell: dict[CellKey, tuple[list[int], list[int], list[int]]] = defaultdict(
             lambda: ([], [], [])
         )
@@ -279,14 +278,28 @@ class Engine:
             key: (rows, written(key, self.locate(key), receivers, donors))
             for key, (rows, receivers, donors) in rows_by_cell.items()
         }
+        return self.run_rows(pairs, answers, baselines, index, writes)[0]
+
+    def run_rows(
+        self,
+        pairs: list[Pair],
+        answers: PairAnswers,
+        baselines: Baselines,
+        index: list[int],
+        writes: dict,
+        reads: dict | None = None,
+    ) -> tuple[torch.Tensor, dict]:
+        """One traced forward of the receiver runs of pairs `index` (one per row): `writes`
+        maps a cell to (rows, values [rows, width]), `reads` a cell to the rows read there.
+        Returns the metrics [rows, metrics] and the reads (keyed ("read", layer, position))."""
+        encoded, targets, refs = self.receivers(pairs, answers, baselines, index)
         names = self.metric_names
 
         def metrics(logits_clean: torch.Tensor, logits_corrupt: torch.Tensor) -> torch.Tensor:
             return M.compute(names, M.score(logits_clean, logits_corrupt, targets), refs)
 
-        asked, ops = self._share_question(encoded, index, self._ops(encoded, writes))
-        values, _ = self._run(encoded, ops, metrics, asked)
-        return values
+        asked, ops = self._share_question(encoded, index, self._ops(encoded, writes, reads))
+        return self._run(encoded, ops, metrics, asked)
 
     def _share_question(self, encoded: Encoded, index: list[int], by_call: dict):
         """Run what the batch's patches cannot change once per pair, outside the trace.
@@ -307,6 +320,8 @@ class Engine:
         for call, ops in by_call.items():
             for op in ops:
                 shifted[model.call_after(op.path, call, ran)].append(op)
+        for ops in shifted.values():
+            ops.sort(key=_shifted_order)  # stable: heads keep their order
         first_row: dict[int, int] = {}  # pair → its first row, pairs in order of appearance
         for row, pair in enumerate(index):
             first_row.setdefault(pair, row)
@@ -322,21 +337,27 @@ class Engine:
         return asked.rows(torch.tensor([slot[p] for p in index], device=device)), shifted
 
     # ---- the traced forward ----------------------------------------------------------------
-    def _ops(self, encoded: Encoded, cells: dict) -> dict[int, list[Op]]:
+    def _ops(self, encoded: Encoded, cells: dict, reads: dict | None = None) -> dict[int, list[Op]]:
         """Reads (values None) or writes per cell, grouped by module call in forward order.
 
-        `cells` maps (layer, position) to (rows, values or None). A model that runs each
-        row more than once (plain LMs score the two answers on separate copies) gets every
-        write on every copy.
+        `cells` maps (layer, position) to (rows, values or None). `reads` maps more cells to
+        the rows read there, for a batch that also writes those cells in other rows: their
+        reads come back keyed ("read", layer, position). A model that runs each row more
+        than once (plain LMs score the two answers on separate copies) gets every write on
+        every copy.
         """
         device = self.model.device
         copies = self.model.row_copies
         batch = encoded.offsets.shape[0] // copies
         width = encoded.input_ids.shape[1]
         by_call: dict[int, list[Op]] = defaultdict(list)
-        located = {key: self.locate(key) for key in cells}
-        for key in sorted(cells, key=lambda k: _visit_order(k, located[k])):
-            cell, (rows, values) = located[key], cells[key]
+        entries = dict(cells) | {
+            ("read", *key): (rows, None) for key, rows in (reads or {}).items()
+        }
+        cell_of = {key: key[1:] if key[0] == "read" else key for key in entries}
+        located = {key: self.locate(cell_of[key]) for key in entries}
+        for key in sorted(entries, key=lambda k: _visit_order(cell_of[k], located[k])):
+            cell, (rows, values) = located[key], entries[key]
             rows_t = torch.tensor(rows, device=device)
             if values is not None and copies > 1:
                 rows_t = torch.cat([rows_t + copy * batch for copy in range(copies)])
@@ -350,7 +371,10 @@ class Engine:
         return by_call
 
     def locate(self, key: CellKey) -> Cell:
-        """Where a (layer, position[, head]) cell of this engine's site lives."""
+        """Where a (layer, position[, head]) cell of this engine's site lives; a cell with
+        no layer is the thought itself (site `thought`), whatever the engine's site."""
+        if key[0] is None:
+            return self.model.cell("thought", None, key[1])
         head = key[2] if len(key) > 2 else None
         if head is None:
             return self.model.cell(self.site, key[0], key[1])
@@ -369,7 +393,7 @@ class Engine:
             kwargs = {**kwargs, "remote": self.remote}
         with torch.no_grad(), traced.trace(*args, **kwargs) as tracer:
             read = {}
-            for call in tracer.iter[sorted(by_call)]:
+            for call in tracer.iter[sorted(by_call)] if by_call else ():
                 for op in by_call[call]:
                     envoy = _envoy(traced, op.path)
                     out = envoy.input if op.port == "input" else envoy.output
@@ -385,11 +409,19 @@ class Engine:
         return out
 
 
-def _visit_order(key: CellKey, cell: Cell) -> tuple[int, int, int]:
+def _visit_order(key: CellKey, cell: Cell) -> tuple[int, int, int, int]:
     """Module calls in forward order: by call, then by layer within the call (one head's
-    slice after another: they are the same module call)."""
+    slice after another: they are the same module call), and prj's call c after decoder
+    call c (it projects that step's final hidden state)."""
     head = key[2] if len(key) > 2 else -1
-    return (cell.call, -1 if key[0] is None else key[0], head)
+    return (cell.call, int(cell.path == "prj"), -1 if key[0] is None else key[0], head)
+
+
+def _shifted_order(op: Op) -> tuple[int, int]:
+    """Within one call of a forward that starts after the question pass, prj comes first:
+    its call builds the input of the decoder call that shares its index."""
+    layer = op.key[1] if op.key[0] == "read" else op.key[0]
+    return (int(op.path != "prj"), -1 if layer is None else layer)
 
 
 def donor_values(baselines: Baselines) -> Written:

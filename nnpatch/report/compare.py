@@ -91,7 +91,7 @@ def compare_runs(a: str | Path, b: str | Path, out: str | Path, seed: int = 0) -
     return table
 
 
-FACETS = ("site", "direction", "source", "scale", "head")
+FACETS = ("site", "direction", "source", "scale", "effect", "head")
 
 
 def _matched_facets(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:

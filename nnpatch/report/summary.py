@@ -14,13 +14,15 @@ CELL_KEYS = [
     "source",
     "scale",
     "head",
+    "effect",
     "layer",
     "position",
     "positions",
 ]
 # control rows stand for the cell whatever the rows write: matched on where they patch
-CONTROL_KEYS = ["site", "direction", "head", "layer", "positions"]
-FACET_DEFAULTS = {"source": "donor", "scale": None, "head": None}
+CONTROL_KEYS = ["site", "direction", "head", "effect", "layer", "positions"]
+# facets a mode may leave out of its rows; "effect" is mediation's total / direct / indirect
+FACET_DEFAULTS = {"source": "donor", "scale": None, "head": None, "effect": None}
 TYPES = {
     "layer": pl.Int64,
     "head": pl.Int64,
@@ -114,7 +116,7 @@ def cell_key(row: dict, metric: str) -> str:
     the generators of the single-valued runs they stand for)."""
     extra = "".join(
         f"{key}={row[key]}|"
-        for key in ("source", "scale", "head")
+        for key in ("source", "scale", "head", "effect")
         if row.get(key) is not None and row.get(key) != FACET_DEFAULTS[key]
     )
     return f"{extra}{row['layer']}|{','.join(row['positions'])}|{metric}"

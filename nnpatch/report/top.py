@@ -24,7 +24,7 @@ class Table:
     note: str = ""
 
 
-FACETS = ("site", "direction", "source", "scale")
+FACETS = ("site", "direction", "source", "scale", "effect")
 
 
 def labeller(summary: pl.DataFrame):

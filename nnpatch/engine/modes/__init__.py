@@ -8,11 +8,19 @@ from typing import get_args
 from nnpatch.engine.modes.attribution import Attribution
 from nnpatch.engine.modes.base import Computed, Mode, Sweep
 from nnpatch.engine.modes.lens import Lens
+from nnpatch.engine.modes.mediation import Mediation
 from nnpatch.engine.modes.patching import Patching
 from nnpatch.engine.modes.record import Record
 from nnpatch.engine.modes.subsets import Subsets
 
-FAMILIES: tuple[Mode, ...] = (Patching(), Subsets(), Attribution(), Lens(), Record())
+FAMILIES: tuple[Mode, ...] = (
+    Patching(),
+    Subsets(),
+    Mediation(),
+    Attribution(),
+    Lens(),
+    Record(),
+)
 
 MODES: dict[str, Mode] = {
     get_args(section.model_fields["mode"].annotation)[0]: family

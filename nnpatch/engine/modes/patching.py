@@ -264,7 +264,7 @@ class Patching(Mode):
         return out
 
 
-FACETS = ("site", "direction", "source", "scale")
+FACETS = ("site", "direction", "source", "scale", "effect")
 
 
 def facet_groups(summary: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
@@ -285,9 +285,9 @@ def facet_rows(results: pl.DataFrame, summary: pl.DataFrame) -> pl.DataFrame:
     """The rows behind one facet's summary: its own rows, and the control rows of its cells."""
     first = summary.row(0, named=True)
     own = results
-    for key in ("site", "direction"):
+    for key in ("site", "direction", "effect"):
         if key in results.columns:
-            own = own.filter(pl.col(key) == first[key])
+            own = own.filter(pl.col(key).eq_missing(first[key]))
     if "source" in results.columns:
         own = own.filter(pl.col("control") | (pl.col("source") == first["source"]))
     return own

@@ -43,11 +43,16 @@ def run_one(
     clean: list[int],
     corrupt: list[int],
     hooks: list[tuple[torch.nn.Module, object]] = (),
+    pre_hooks: list[tuple[torch.nn.Module, object]] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One unpadded recurrent forward with the given hooks; answer logits as float64."""
+    """One unpadded recurrent forward with the given hooks (`pre_hooks` see and may replace
+    the module's kwargs); answer logits as float64."""
     ids = torch.tensor([model.question_ids(question)])
     prefix = torch.tensor(model.tokenizer(model.answer_prefix, add_special_tokens=False).input_ids)
     handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    handles += [
+        module.register_forward_pre_hook(hook, with_kwargs=True) for module, hook in pre_hooks
+    ]
     try:
         with torch.no_grad():
             logits_clean, logits_corrupt = model.module(
@@ -437,6 +442,76 @@ def mediation_reference_rows(model, pairs, cells, site: str, direction: str) -> 
             for effect, logits in (("total", total), ("direct", direct), ("indirect", indirect)):
                 view = answer_view(*logits, clean, corrupt)
                 rows[(pair.id, layer, position, effect)] = metrics(
+                    view, clean_view, corrupt_view, receiver_view
+                )
+    return rows
+
+
+def attention_module(model, layer: int) -> torch.nn.Module:
+    decoder, layers, subs = SUBMODULES[model.module.lm.config.model_type]
+    return getattr(getattr(getattr(model.module.lm, decoder), layers)[layer], subs["attn"])
+
+
+def mask_cutter(calls: dict[int, int], key: int):
+    """A pre-hook cutting every query of the listed calls from key index `key` in the 4D
+    attention mask (calls: call → its key length, to build the causal mask where none is
+    passed: query i sees keys up to length - queries + i)."""
+    count = {"n": 0}
+
+    def hook(module, args, kwargs):
+        call = count["n"]
+        count["n"] += 1
+        if call not in calls:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        queries, keys = hidden.shape[1], calls[call]
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.zeros(1, 1, queries, keys, dtype=torch.bool)
+            for i in range(queries):
+                mask[0, 0, i, : keys - queries + i + 1] = True
+        mask = mask.clone()
+        mask[..., key] = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+        return args, {**kwargs, "attention_mask": mask}
+
+    return hook
+
+
+def knockout_reference_rows(model, pairs, windows, keys, queries, run: str) -> dict:
+    """Per (pair, window, key): one forward of the pair's `run` question with a pre-hook on
+    each window layer's attention editing the 4D mask by hand at the query calls (thought t:
+    call t + 1; "answer": calls K + 1 and K + 2), keys at bot = T - 1 and thought t = T + t."""
+    K = model.num_thoughts
+    prefix = len(model.tokenizer(model.answer_prefix, add_special_tokens=False).input_ids)
+    rows = {}
+    for pair in pairs:
+        clean, corrupt = (
+            answer_ids(model, pair.clean_answer),
+            answer_ids(model, pair.corrupted_answer),
+        )
+        question = pair.clean_question if run == "clean" else pair.corrupted_question
+        T = len(model.question_ids(question))
+        lengths = {t + 1: T + t + 1 for t in range(K)}
+        lengths[K + 1] = T + K + 1 + prefix + len(clean)
+        lengths[K + 2] = T + K + 1 + prefix + len(corrupt)
+        query_calls = [K + 1, K + 2] if queries == "answer" else [int(q) + 1 for q in queries]
+        clean_view = answer_view(
+            *run_one(model, pair.clean_question, clean, corrupt), clean, corrupt
+        )
+        corrupt_view = answer_view(
+            *run_one(model, pair.corrupted_question, clean, corrupt), clean, corrupt
+        )
+        receiver_view = clean_view if run == "clean" else corrupt_view
+        for window in windows:
+            for key in keys:
+                index = T - 1 if key == "bot" else T + int(key)
+                cutter = {call: lengths[call] for call in query_calls}
+                pre = [
+                    (attention_module(model, layer), mask_cutter(cutter, index)) for layer in window
+                ]
+                logits = run_one(model, question, clean, corrupt, pre_hooks=pre)
+                view = answer_view(*logits, clean, corrupt)
+                rows[(pair.id, tuple(window), key)] = metrics(
                     view, clean_view, corrupt_view, receiver_view
                 )
     return rows

@@ -64,6 +64,9 @@ CHOICES = {
 def recipe_cases(tmp: Path, base: str) -> list[Case]:
     run = ["run", base, "--set"]
     b = f"{base}: "
+    span_pair = {**GOOD_PAIR, "clean_question": "Tom [[has 3]] coins"}
+    span_pair["corrupted_question"] = "Tom [[has 5]] coins"
+    spans = f"data.pairs={quoted(pairs_file(tmp, 'spans.jsonl', [span_pair]))}"
     cases = [
         # the recipe file itself
         Case(
@@ -370,6 +373,55 @@ def recipe_cases(tmp: Path, base: str) -> list[Case]:
         Case("fdr one", [*run, "stats.fdr=1.0"]),
         Case("fdr as a boolean", [*run, "stats.fdr=true"]),
         Case("fdr as text", [*run, "stats.fdr='5%'"]),
+        # mediation and knockout (a plain LM: pairs with aligned spans)
+        Case(
+            "mediation on a plain LM",
+            [
+                *run,
+                "patch={mode='mediation'}",
+                "--set",
+                "model={preset='tiny-random-gpt2'}",
+                "--set",
+                spans,
+            ],
+        ),
+        Case("mediation at the attn site", [*run, "patch={mode='mediation', site='attn'}"]),
+        Case("a source on mediation", [*run, "patch={mode='mediation', source='mean'}"]),
+        Case("knockout to eot", [*run, "patch={mode='knockout', to=['eot']}"]),
+        Case("knockout to a later key", [*run, "patch={mode='knockout', from=[1], to=[0, 2]}"]),
+        Case(
+            "knockout windows and layers",
+            [*run, "patch={mode='knockout', layers=[0], layer_groups=[[0]]}"],
+        ),
+        Case(
+            "knockout window out of range", [*run, "patch={mode='knockout', layer_groups=[[0, 9]]}"]
+        ),
+        Case(
+            "knockout window listed twice",
+            [*run, "patch={mode='knockout', layer_groups=[[0, 1], [1, 0]]}"],
+        ),
+        Case("knockout empty window", [*run, "patch={mode='knockout', layer_groups=[[]]}"]),
+        Case(
+            "knockout layer twice in a window",
+            [*run, "patch={mode='knockout', layer_groups=[[1, 1]]}"],
+        ),
+        Case("knockout from nothing", [*run, "patch={mode='knockout', from=[]}"]),
+        Case("knockout from the question", [*run, "patch={mode='knockout', from='question'}"]),
+        Case("knockout to nothing", [*run, "patch={mode='knockout', to=[]}"]),
+        Case("knockout of both runs", [*run, "patch={mode='knockout', run='both'}"]),
+        Case("a direction on knockout", [*run, "patch={mode='knockout', direction='noise'}"]),
+        Case(
+            "knockout on a plain LM",
+            [
+                *run,
+                "patch={mode='knockout'}",
+                "--set",
+                "model={preset='tiny-random-gpt2'}",
+                "--set",
+                spans,
+            ],
+        ),
+        Case("knockout from a thought out of range", [*run, "patch={mode='knockout', from=[99]}"]),
         # overrides
         Case("--set without =", [*run, "patch.site"], "?"),
         Case("--set with an empty key part", [*run, "patch..site=1"], "?"),
@@ -914,7 +966,7 @@ def test_every_case_is_one_line_its_exit_code_and_a_true_folder_state(corpus, mo
 
 # the messages of the cases above that do not spell theirs out
 EXPECTED: dict[str, str] = {
-    "patch.mode = 'diagonal'": "{tmp}/base.toml: patch.mode: unknown mode 'diagonal'; use one of 'single', 'layer', 'chained', 'sets', 'subsets', 'attribution', 'lens', 'record'",
+    "patch.mode = 'diagonal'": "{tmp}/base.toml: patch.mode: unknown mode 'diagonal'; use one of 'single', 'layer', 'chained', 'sets', 'subsets', 'mediation', 'knockout', 'attribution', 'lens', 'record'",
     "patch.site = 'residual'": "{tmp}/base.toml: patch.site: Input should be 'resid', 'attn', 'mlp', 'head' or 'thought'; got 'residual'",
     "patch.direction = 'up'": "{tmp}/base.toml: patch.direction: Input should be 'denoise' or 'noise'; got 'up'",
     "patch.control = 'shuffle'": "{tmp}/base.toml: patch.control: Input should be 'random-donor' or 'none'; got 'shuffle'",
@@ -1064,4 +1116,21 @@ EXPECTED: dict[str, str] = {
     "fdr one": "{tmp}/base.toml: stats.fdr: Input should be less than 1; got 1.0",
     "fdr as a boolean": "{tmp}/base.toml: stats.fdr: Input should be a valid number; got True",
     "fdr as text": "{tmp}/base.toml: stats.fdr: Input should be a valid number; got '5%'",
+    "mediation on a plain LM": "{tmp}/base.toml: patch.mode: mediation follows a thought loop and tiny-random-gpt2 has none (a plain LM); use a CODI or Coconut model",
+    "mediation at the attn site": "{tmp}/base.toml: patch.site: Input should be 'resid' or 'thought'; got 'attn'",
+    "a source on mediation": "{tmp}/base.toml: patch.source: unknown key; remove it or check its spelling against the README's recipe reference",
+    "knockout to eot": "{tmp}/base.toml: patch.to: eot is a query of the answer, not a key before it; drop eot",
+    "knockout to a later key": "{tmp}/base.toml: patch.to: key '2' comes after query thought '1': a query never attends a later position, so the cut would change nothing; list keys at or before the earliest query",
+    "knockout windows and layers": "{tmp}/base.toml: patch.layer_groups: is given with patch.layers; give one of the two",
+    "knockout window out of range": "{tmp}/base.toml: patch.layer_groups.0: layer 9 is out of range for tiny-random-codi (layers 0..3); use layers in range",
+    "knockout window listed twice": "{tmp}/base.toml: patch.layer_groups: a window is listed twice; list each once",
+    "knockout empty window": "{tmp}/base.toml: patch.layer_groups: List should have at least 1 item after validation, not 0; got []",
+    "knockout layer twice in a window": "{tmp}/base.toml: patch.layer_groups.0: a layer is listed twice; list each once",
+    "knockout from nothing": "{tmp}/base.toml: patch.from: List should have at least 1 item after validation, not 0; got []",
+    "knockout from the question": "{tmp}/base.toml: patch.from: Input should be 'answer'; got 'question'",
+    "knockout to nothing": "{tmp}/base.toml: patch.to: List should have at least 1 item after validation, not 0; got []",
+    "knockout of both runs": "{tmp}/base.toml: patch.run: Input should be 'clean' or 'corrupted'; got 'both'",
+    "a direction on knockout": "{tmp}/base.toml: patch.direction: unknown key; remove it or check its spelling against the README's recipe reference",
+    "knockout on a plain LM": "{tmp}/base.toml: patch.mode: knockout cuts attention inside a thought loop and tiny-random-gpt2 has none; use a CODI or Coconut model",
+    "knockout from a thought out of range": "{tmp}/base.toml: patch.from: thought position 99 is out of range for tiny-random-codi (thoughts 0..5); use 0..K-1, 'bot' or 'eot'",
 }

@@ -60,8 +60,9 @@ class Op:
     rows: torch.Tensor  # [n]
     tokens: torch.Tensor  # [n] token index of the cell in each row
     values: torch.Tensor | None  # [n, width] to write, or None to read
-    port: str = "output"  # or "input": the module's first input
+    port: str = "output"  # or "input": the module's first input; "mask": its attention mask
     features: slice | None = None  # written features (one head's); reads take them all
+    keys: int = 0  # "mask": the call's key length (to build a mask where the model passes none)
 
 
 class Engine:
@@ -396,6 +397,10 @@ class Engine:
             for call in tracer.iter[sorted(by_call)] if by_call else ():
                 for op in by_call[call]:
                     envoy = _envoy(traced, op.path)
+                    if op.port == "mask":  # block rows' queries from keys op.tokens
+                        args, kwargs = envoy.inputs
+                        envoy.inputs = (args, knocked_out(args, kwargs, op))
+                        continue
                     out = envoy.input if op.port == "input" else envoy.output
                     value = out[0] if op.tuple_output else out
                     if op.values is None:
@@ -422,6 +427,24 @@ def _shifted_order(op: Op) -> tuple[int, int]:
     its call builds the input of the decoder call that shares its index."""
     layer = op.key[1] if op.key[0] == "read" else op.key[0]
     return (int(op.path != "prj"), -1 if layer is None else layer)
+
+
+def knocked_out(args: tuple, kwargs: dict, op: Op) -> dict:
+    """An attention module's kwargs with `op.rows`' queries (every query of the call) cut
+    from the keys at `op.tokens`: False in a boolean mask, the dtype's minimum in an
+    additive one. Where the model passes no mask (no padding: plain causal attention), the
+    causal mask is built first, aligned to the last key."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    batch, queries = hidden.shape[0], hidden.shape[1]
+    mask = kwargs.get("attention_mask")
+    if mask is None:
+        keys = torch.arange(op.keys, device=hidden.device)
+        last = torch.arange(queries, device=hidden.device) + op.keys - queries
+        mask = (keys[None, :] <= last[:, None]).expand(batch, 1, queries, op.keys)
+    mask = mask.expand(batch, *mask.shape[1:]).clone()
+    blocked = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+    mask[op.rows, :, :, op.tokens] = blocked
+    return {**kwargs, "attention_mask": mask}
 
 
 def donor_values(baselines: Baselines) -> Written:

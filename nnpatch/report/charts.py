@@ -39,9 +39,12 @@ TOOLTIP = [
 
 def _with_labels(summary: pl.DataFrame) -> pl.DataFrame:
     """Add display columns: a layer label, a position label and its order, a cell name."""
+    window = pl.col("layers") if "layers" in summary.columns else pl.lit(None, pl.String)
     return summary.with_columns(
         pl.when(pl.col("layer").is_null())
         .then(pl.lit("thought"))
+        .when(window.is_not_null())
+        .then(pl.format("L{}", window))
         .otherwise(pl.format("L{}", pl.col("layer")))
         .alias("layer_label"),
         pl.col("positions").list.join(",").alias("where"),

@@ -16,13 +16,21 @@ CELL_KEYS = [
     "head",
     "effect",
     "layer",
+    "layers",
     "position",
     "positions",
 ]
 # control rows stand for the cell whatever the rows write: matched on where they patch
 CONTROL_KEYS = ["site", "direction", "head", "effect", "layer", "positions"]
 # facets a mode may leave out of its rows; "effect" is mediation's total / direct / indirect
-FACET_DEFAULTS = {"source": "donor", "scale": None, "head": None, "effect": None}
+# "layers": knockout's window of layers ("0-3"), a row's layer being its first
+FACET_DEFAULTS = {
+    "source": "donor",
+    "scale": None,
+    "head": None,
+    "effect": None,
+    "layers": None,
+}
 TYPES = {
     "layer": pl.Int64,
     "head": pl.Int64,
@@ -116,7 +124,7 @@ def cell_key(row: dict, metric: str) -> str:
     the generators of the single-valued runs they stand for)."""
     extra = "".join(
         f"{key}={row[key]}|"
-        for key in ("source", "scale", "head", "effect")
+        for key in ("source", "scale", "head", "effect", "layers")
         if row.get(key) is not None and row.get(key) != FACET_DEFAULTS[key]
     )
     return f"{extra}{row['layer']}|{','.join(row['positions'])}|{metric}"
@@ -124,7 +132,7 @@ def cell_key(row: dict, metric: str) -> str:
 
 def cell_label(row: dict) -> str:
     """A short human label for a summary row: "L2 t0", "L1 t0-2", "thought t3"."""
-    layer = "thought" if row["layer"] is None else f"L{row['layer']}"
+    layer = "thought" if row["layer"] is None else f"L{row.get('layers') or row['layer']}"
     if row.get("head") is not None:
         layer += f" h{row['head']}"
     positions = row["positions"]

@@ -187,3 +187,26 @@ def test_same_recipe_twice_gives_identical_results(tmp_path):
     assert first != second
     a, b = (pl.read_parquet(p / "results.parquet") for p in (first, second))
     assert a.equals(b)
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"mode": "mediation", "layers": [0, 2], "positions": [0, 3]},
+        {"mode": "knockout", "to": ["bot", 1], "layers": [0, 2]},
+        {"mode": "subsets", "layers": [1], "positions": [0, 2, 4]},
+    ],
+    ids=["mediation", "knockout", "subsets"],
+)
+def test_the_new_modes_resume_to_an_uninterrupted_run(tmp_path, patch):
+    """Stopped after three batches, resumed: the same rows and mode tables as one run."""
+    sweep = {**SWEEP, "patch": patch}
+    run_dir = _interrupted_run(tmp_path, write_recipe(tmp_path, **sweep))
+    result = CliRunner().invoke(main, ["run", "--resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    (tmp_path / "whole").mkdir()
+    whole = execute(prepare(write_recipe(tmp_path / "whole", **sweep)))
+    for table in ("results", "summary", "mediation", "synergy"):
+        if (whole.path / f"{table}.parquet").exists():
+            resumed = pl.read_parquet(run_dir / f"{table}.parquet")
+            assert resumed.equals(pl.read_parquet(whole.path / f"{table}.parquet")), table

@@ -7,6 +7,7 @@ from typing import get_args
 
 from nnpatch.engine.modes.attribution import Attribution
 from nnpatch.engine.modes.base import Computed, Mode, Sweep
+from nnpatch.engine.modes.knockout import Knockout
 from nnpatch.engine.modes.lens import Lens
 from nnpatch.engine.modes.mediation import Mediation
 from nnpatch.engine.modes.patching import Patching
@@ -17,6 +18,7 @@ FAMILIES: tuple[Mode, ...] = (
     Patching(),
     Subsets(),
     Mediation(),
+    Knockout(),
     Attribution(),
     Lens(),
     Record(),

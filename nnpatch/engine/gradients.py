@@ -1,11 +1,18 @@
-"""Attribution estimates: every cell's effect from one forward and one backward.
+"""Attribution estimates: every cell's effect from a few forward and backward passes.
 
 For a receiver run with activation a at a cell and a donor activation a', patching changes
-a metric m by about (a' - a) · ∂m/∂a (first-order Taylor). The gradient is taken through
-the whole recurrent forward, thought steps included, so a cell at thought 0 is credited
-with its effect through every later thought. The estimate is exact when m is linear in the
-patched activation, and its error grows with the curvature between a and a'
+a metric m by about (a' - a) · ∂m/∂a (first-order Taylor: `atp`). The gradient is taken
+through the whole recurrent forward, thought steps included, so a cell at thought 0 is
+credited with its effect through every later thought. The estimate is exact when m is
+linear in the patched activation, and its error grows with the curvature between a and a'
 (`nnpatch.engine.modes.attribution` patches the strongest cells exactly to show it).
+
+`ig` (integrated gradients, as EAP-IG does it) averages that gradient over `steps` runs
+whose question embeddings lie on the line from the receiver question's to the donor's
+(0, 1/S, ..., (S-1)/S: a left Riemann sum, so one step is `atp`), then multiplies by the
+same difference a' - a. Every one of those runs is a real forward of the model, so every
+cell's gradient is the model's own there; pairs whose questions differ in token count
+cannot be mixed and keep the `atp` estimate (the mode says how many).
 
 Gradients come from plain forward hooks on the cell modules and `torch.autograd.grad`;
 the exact rows that check them come from the nnsight engine, an independent path.
@@ -14,7 +21,7 @@ the exact rows that check them come from the nnsight engine, an independent path
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -35,62 +42,165 @@ def estimate(
     baselines: Baselines,
     specs: list[PatchSpec],
     chunk: int,
+    steps: int = 1,
 ) -> torch.Tensor:
-    """Estimated metrics [len(specs) * len(pairs), metrics], rows spec-major like the engine's
-    (spec, pair, pair) rows. Every spec is one (layer, position) cell."""
+    """Estimated metrics [len(specs) * len(pairs), metrics] for the engine's site, rows
+    spec-major like the engine's (spec, pair, pair) rows; see `estimate_sites`."""
+    site = engine.site
+    return estimate_sites(engine, pairs, answers, {site: (baselines, specs)}, chunk, steps)[site]
+
+
+def estimate_sites(
+    engine: Engine,
+    pairs: list[Pair],
+    answers: PairAnswers,
+    sites: dict[str, tuple[Baselines, list[PatchSpec]]],
+    chunk: int,
+    steps: int = 1,
+) -> dict[str, torch.Tensor]:
+    """Per site, estimated metrics [len(specs) * len(pairs), metrics]; every site's cells
+    come from the same forward and backward passes (`engine` gives the model, direction and
+    metrics; each site brings the baselines its donor activations are in). `steps` = 1 is
+    attribution patching (the gradient at the receiver run); more steps average the
+    gradient over that many points on the line from the receiver's to the donor's
+    activations, every cell of every site moved together (integrated gradients, a left
+    Riemann sum: its first point is the receiver run)."""
     names = engine.metric_names
-    out = torch.full((len(specs), len(pairs), len(names)), float("nan"))
+    cells = [(site, spec) for site, (_, specs) in sites.items() for spec in specs]
+    out = torch.full((len(cells), len(pairs), len(names)), float("nan"))
     for start in range(0, len(pairs), chunk):
         index = list(range(start, min(start + chunk, len(pairs))))
-        part = _estimate_chunk(engine, pairs, answers, baselines, specs, index)
+        part = _estimate_chunk(engine, pairs, answers, sites, index, steps)
         out[:, start : start + len(index)] = part
-    return out.reshape(len(specs) * len(pairs), len(names))
+    by_site, first = {}, 0
+    for site, (_, specs) in sites.items():
+        block = out[first : first + len(specs)]
+        by_site[site] = block.reshape(len(specs) * len(pairs), len(names))
+        first += len(specs)
+    return by_site
 
 
-def _estimate_chunk(engine, pairs, answers, baselines, specs, index) -> torch.Tensor:
+def _estimate_chunk(engine, pairs, answers, sites, index, steps) -> torch.Tensor:
     model, names = engine.model, engine.metric_names
-    encoded, targets, refs = engine.receivers(pairs, answers, baselines, index)
+    any_baselines = next(iter(sites.values()))[0]  # references depend on the direction only
+    encoded, targets, refs = engine.receivers(pairs, answers, any_baselines, index)
     device = model.device
     cells = {
-        (s.layer, s.positions[0]): model.cell(engine.site, s.layer, s.positions[0]) for s in specs
+        (site, s.layer, s.positions[0]): model.cell(site, s.layer, s.positions[0])
+        for site, (_, specs) in sites.items()
+        for s in specs
     }
-    with _capturing(model.module, cells) as captured, torch.enable_grad():
-        args, kwargs = model.trace_inputs(encoded)
-        result = _call(model.module, args, kwargs)
-        logits_clean, logits_corrupt = model.answer_logits(result, encoded)
-        scores = M.score(logits_clean, logits_corrupt, targets)
     keys = list(cells)
-    missing = [k for k in keys if k not in captured]
-    if missing:
-        raise RuntimeError(f"cells never reached in the forward: {missing[:3]}")
-    batch = len(index)
-    copies = model.row_copies
-    rows = torch.arange(batch, device=device)
-    donor = {
-        k: baselines.donor[k].index_select(0, torch.tensor(index, device=device)) for k in keys
+    batch, copies = len(index), model.row_copies
+    rows = torch.cat([torch.arange(batch, device=device) + c * batch for c in range(copies)])
+    # a span position past a short pair's span (never kept) is clamped inside the sequence
+    tokens = {
+        key: (encoded.offsets[rows] + cell.token).clamp(max=encoded.input_ids.shape[1] - 1)
+        for key, cell in cells.items()
     }
-    out = torch.full((len(specs), batch, len(names)), float("nan"))
-    for column, name in enumerate(names):
-        if name not in ESTIMABLE:
-            continue
-        value = M.METRICS[name](scores, refs)  # [B]
-        grads = torch.autograd.grad(
-            value.sum(), [captured[k] for k in keys], retain_graph=True, allow_unused=True
-        )
+    picked = torch.tensor(index, device=device)
+    donor = {k: sites[k[0]][0].donor[k[1:]].index_select(0, picked).repeat(copies, 1) for k in keys}
+    estimable = [(column, name) for column, name in enumerate(names) if name in ESTIMABLE]
+    donor_ids, aligned = (
+        _donor_questions(engine, pairs, index, encoded) if steps > 1 else (None, None)
+    )
+    unpatched: dict = {}
+    change = {(column, key): 0.0 for column, _ in estimable for key in keys}
+    gradient: dict = {}  # the last point's gradient per (metric, cell)
+    here: dict = {}  # the last point's activation per cell
+    for step in range(steps):
+        alpha = step / steps  # 0 first: the receiver's own run, where attribution patching looks
+        mixing = _mixing(model, donor_ids, aligned, alpha) if step else nullcontext()
+        with mixing, _capturing(model.module, cells) as captured, torch.enable_grad():
+            args, kwargs = model.trace_inputs(encoded)
+            result = _call(model.module, args, kwargs)
+            logits_clean, logits_corrupt = model.answer_logits(result, encoded)
+            scores = M.score(logits_clean, logits_corrupt, targets)
+        missing = [k for k in keys if k not in captured]
+        if missing:
+            raise RuntimeError(f"cells never reached in the forward: {missing[:3]}")
+        now = {k: captured[k][rows, tokens[k]].detach().float() for k in keys}
+        _advance(change, gradient, here, now)
+        for column, name in estimable:
+            value = M.METRICS[name](scores, refs)  # [B]
+            if step == 0:
+                unpatched[column] = value.detach().float()
+            grads = torch.autograd.grad(
+                value.sum(), [captured[k] for k in keys], retain_graph=True, allow_unused=True
+            )
+            for key, grad in zip(keys, grads, strict=True):
+                if grad is not None:
+                    gradient[(column, key)] = grad[rows, tokens[key]].float()
+        here = now
+    _advance(change, gradient, here, {k: donor[k].float() for k in keys})  # the donor run
+    out = torch.full((len(keys), batch, len(names)), float("nan"))
+    for column, _ in estimable:
         for spec_index, key in enumerate(keys):
-            activation, grad, cell = captured[key], grads[spec_index], cells[key]
-            change = torch.zeros(batch, device=device)
-            if grad is not None:
-                for copy in range(copies):
-                    copy_rows = rows + copy * batch
-                    # past a short span (never kept): clamped inside the sequence
-                    tokens = (encoded.offsets[copy_rows] + cell.token).clamp(
-                        max=encoded.input_ids.shape[1] - 1
-                    )
-                    delta = donor[key].to(activation.dtype) - activation[copy_rows, tokens].detach()
-                    change += (delta.float() * grad[copy_rows, tokens].float()).sum(-1)
-            out[spec_index, :, column] = (value.detach().float() + change).cpu()
+            moved = change[(column, key)]
+            if isinstance(moved, torch.Tensor):
+                moved = moved.reshape(copies, batch).sum(0)
+            out[spec_index, :, column] = (unpatched[column] + moved).cpu()
     return out
+
+
+def _advance(change: dict, gradient: dict, here: dict, there: dict) -> None:
+    """Add each cell's step along the path: the gradient at the last point times how far
+    the cell's activation moved from there to the next point (one step from the receiver
+    straight to the donor is attribution patching)."""
+    for (column, key), grad in gradient.items():
+        change[(column, key)] = change[(column, key)] + (grad * (there[key] - here[key])).sum(-1)
+
+
+def _donor_questions(engine, pairs, index, encoded) -> tuple[torch.Tensor, torch.Tensor]:
+    """The donor questions' ids laid out as the receivers' (left-padded to the same width),
+    and which rows can be mixed: those whose two questions have the same token count (the
+    others keep the receiver's ids, so their estimate stays the gradient at the receiver)."""
+    model = engine.model
+    side = "clean_question" if engine.direction == "denoise" else "corrupted_question"
+    ids = encoded.input_ids.clone()
+    aligned = torch.zeros(len(index), dtype=torch.bool)
+    width = ids.shape[1]
+    for row, i in enumerate(index):
+        donor = model.question_ids(getattr(pairs[i], side))
+        length = int(encoded.attention_mask[row].sum())
+        if len(donor) == length:
+            ids[row, width - length :] = torch.tensor(donor, device=ids.device)
+            aligned[row] = True
+    return ids, aligned.to(ids.device)
+
+
+@contextmanager
+def _mixing(model, donor_ids: torch.Tensor, aligned: torch.Tensor, alpha: float):
+    """The question pass's token embeddings moved a share `alpha` of the way to the donor
+    question's (rows `aligned`), through a hook on the input embedding's first call."""
+    embedding = model.module.lm.get_input_embeddings()
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            return None
+        donor = module(donor_ids).to(output.dtype)
+        mixed = output + alpha * (donor - output)
+        return torch.where(aligned[:, None, None], mixed, output)
+
+    handle = embedding.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def unaligned_pairs(model, pairs: list[Pair]) -> list[str]:
+    """Pairs whose clean and corrupted questions differ in token count: `ig` cannot move one
+    question's embeddings onto the other's, so their estimates are the gradient at the
+    receiver (`atp`)."""
+    return [
+        p.id
+        for p in pairs
+        if len(model.question_ids(p.clean_question))
+        != len(model.question_ids(p.corrupted_question))
+    ]
 
 
 def _call(module, args: tuple, kwargs: dict):

@@ -82,7 +82,7 @@ def prepare(
         raise RecipeError(source, "data.pairs", str(err)) from None
     mode.check(recipe, model, pairs, plan, source)
     _check_row_count(mode, recipe, model.shape, plan, len(pairs), source)
-    notes = _span_notes(model, pairs, plan) + mode.notes(recipe, pairs)
+    notes = _span_notes(model, pairs, plan) + mode.notes(recipe, pairs, model)
     return Prepared(
         recipe, source, data, overrides, model, pairs, counts, mode, plan, engine, answers, notes
     )

@@ -177,7 +177,7 @@ class Mode:
             key=lambda cell: (-1 if cell[0] is None else cell[0], cell[1]),
         )
 
-    def notes(self, recipe: Recipe, pairs: list[Pair]) -> list[str]:
+    def notes(self, recipe: Recipe, pairs: list[Pair], model) -> list[str]:
         """What this run of the mode cannot do, said on screen and in the manifest."""
         return []
 

@@ -100,7 +100,7 @@ class Mediation(Mode):
         controls = int(recipe.patch.control == "random-donor" and pairs > 1)
         return len(plan) * len(EFFECTS) * (1 + controls) * pairs
 
-    def notes(self, recipe, pairs) -> list[str]:
+    def notes(self, recipe, pairs, model) -> list[str]:
         if recipe.patch.control == "random-donor" and len(pairs) < 2:
             return [
                 "control: not made: the random-donor control needs at least 2 pairs and this "

@@ -175,7 +175,7 @@ class Patching(Mode):
                 "use more pairs, or another source",
             )
 
-    def notes(self, recipe, pairs) -> list[str]:
+    def notes(self, recipe, pairs, model) -> list[str]:
         if recipe.patch.control == "random-donor" and len(pairs) < 2:
             return [
                 "control: not made: the random-donor control needs at least 2 pairs and this "

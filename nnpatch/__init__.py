@@ -1,13 +1,15 @@
 """nnpatch: declarative activation patching for continuous-thought language models.
 
-The public API, imported lazily so `nnpatch --help` stays fast:
-`load_recipe`, `Recipe`, `build_model`, `ThoughtModel`, `prepare`, `execute`,
+The public API, imported lazily so `nnpatch --help` stays fast: `run` (a whole run in one
+call, returning its `Run`), `load_recipe`, `Recipe`, `build_model`, `ThoughtModel`,
+`prepare`, `execute`,
 `Pair`, `load_pairs`, `load_run` and `Run` (a finished run's tables), `load_activations`
 (a record run's tensor and index), `charts`, and the error types.
 """
 
 from importlib import import_module
 
+import nnpatch.run  # noqa: F401 - the package is callable: nnpatch.run(recipe, ...)
 from nnpatch.errors import ModelError, NnpatchError, PairsError, RecipeError
 
 __version__ = "0.1.0"
@@ -33,6 +35,7 @@ __all__ = [
     "PairsError",
     "RecipeError",
     "__version__",
+    "run",
     *_LAZY,
     *_MODULES,
 ]

@@ -78,10 +78,15 @@ def run(
     remote: bool,
     resume_dir: str | None,
 ) -> None:
+    import time
     from pathlib import Path
 
+    clock = time.perf_counter()
+    from nnpatch.run.execute import execute  # noqa: F401 - torch, transformers, the report: timed
     from nnpatch.run.prepare import prepare
     from nnpatch.run.resume import resume_source
+
+    imports_s = time.perf_counter() - clock
 
     if (recipe is None) == (resume_dir is None):
         raise click.UsageError("give a RECIPE to start a run, or --resume RUN_DIR to continue one")
@@ -97,6 +102,7 @@ def run(
             resume = (Path(resume_dir), manifest)
         else:
             prep = prepare(recipe, list(overrides), limit, out)
+        prep.seconds["imports_s"] = imports_s
         _execute(prep, resume)
 
 
@@ -132,10 +138,12 @@ def _execute(prep, resume) -> None:
     from nnpatch.report.screen import render_summary
     from nnpatch.run.execute import execute
 
+    auto = " (auto)" if prep.recipe.run.batch_size == "auto" else ""
+
     def start(total: int):  # once the sweep begins: what it is, then the bar
         click.echo(
             f"{prep.model.name}: {len(prep.pairs)} pairs, {len(prep.plan)} patches per "
-            f"pair, {total} rows, batch {prep.recipe.run.batch_size}",
+            f"pair, {total} rows, batch {prep.recipe.run.batch_size}{auto}",
             err=True,
         )
         return _progress(total)
@@ -245,19 +253,28 @@ def pairs() -> None:
     "--input",
     "input_path",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="A GSM8K JSONL file (question, answer with <<...>> annotations).",
+    type=click.Path(),
+    help="GSM8K (question, answer with <<...>> annotations): a JSONL file, a Hugging Face "
+    "dataset folder (save_to_disk), or a hub id in the local HF cache (openai/gsm8k:main).",
 )
 @click.option(
     "--out",
     "out_path",
     required=True,
-    type=click.Path(dir_okay=False),
-    help="Where to write the pairs (JSONL).",
+    type=click.Path(),
+    help="Where to write the pairs: a JSONL file, or with --format dataset a folder.",
+)
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["jsonl", "dataset"]),
+    default="jsonl",
+    show_default=True,
+    help="dataset: a Hugging Face save_to_disk folder (pip install 'nnpatch[datasets]').",
 )
 @click.option("--n", type=click.IntRange(min=1), help="Stop after N pairs.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def pairs_gsm8k(input_path: str, out_path: str, n: int | None, seed: int) -> None:
+def pairs_gsm8k(input_path: str, out_path: str, out_format: str, n: int | None, seed: int) -> None:
     """Change one number per GSM8K problem and recompute its answer through the annotations.
 
     Problems where that is ambiguous are skipped; the counts say why.
@@ -270,10 +287,30 @@ def pairs_gsm8k(input_path: str, out_path: str, n: int | None, seed: int) -> Non
         write_pairs_jsonl,
     )
 
+    from pathlib import Path
+
+    out = Path(out_path)
+    if out_format == "jsonl" and out.is_dir():
+        raise click.BadParameter(
+            f"{out_path} is a folder; give a .jsonl file, or --format dataset to write a "
+            "dataset folder",
+            param_hint="'--out'",
+        )
+    if out_format == "dataset" and out.exists() and (out.is_file() or any(out.iterdir())):
+        raise click.BadParameter(
+            f"{out_path} exists and is not an empty folder; nothing was written: choose a new "
+            "folder",
+            param_hint="'--out'",
+        )
     with _errors():
         check_distinct_paths(input_path, out_path)
         records, counts = make_pairs(read_gsm8k(input_path), n=n, seed=seed)
-        write_pairs_jsonl(records, out_path)
+        if out_format == "dataset":
+            from nnpatch.pairs.hf import write_folder
+
+            write_folder(records, out_path)
+        else:
+            write_pairs_jsonl(records, out_path)
         click.echo(f"{out_path}: {len(records)} pairs; {describe_counts(counts)}")
 
 

@@ -99,8 +99,19 @@ class MetricsSection(Section):
         return names
 
 
+class WandbSection(Section):
+    project: str = Field(min_length=1)
+    entity: str | None = None
+    # offline: files in the run folder's wandb/, `wandb sync` uploads them later
+    mode: Literal["online", "offline"] = "online"
+
+
 class RunSection(Section):
-    batch_size: Int = Field(default=64, ge=1, le=65536)
+    # patched rows per traced forward; "auto": sized from a measured peak per row
+    batch_size: Annotated[Int, Field(ge=1, le=65536)] | Literal["auto"] = "auto"
+    # the memory budget "auto" fills, e.g. "40GiB" (default: 90% of the free GPU memory,
+    # half the machine's available memory on the CPU)
+    max_memory: int | str | None = None
     output: str = Field(default="outputs", min_length=1)
     seed: Int = 0
     # full: report.html and every chart as HTML and PNG; html: no PNGs; none: tables only
@@ -111,13 +122,23 @@ class RunSection(Section):
     # the most patched rows a run may plan (all pairs, combinations and controls); a plan
     # over it is refused before anything runs, with its count
     max_rows: Int = Field(default=1_000_000, ge=1)
+    # one Weights & Biases run per nnpatch run (pip install 'nnpatch[wandb]')
+    wandb: WandbSection | None = None
     # true: every traced forward runs on NDIF; "local": serialised as for NDIF, run here
     remote: bool | Literal["local"] = False
 
-    @field_validator("max_export")
+    @field_validator("batch_size", mode="before")
     @classmethod
-    def _a_size(cls, value: int | str) -> int | str:
-        parse_size(value)
+    def _rows_or_auto(cls, value: object) -> object:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value  # the range is checked by the field's own bounds
+        raise ValueError('write a number of rows (1 to 65536) or "auto"')
+
+    @field_validator("max_export", "max_memory")
+    @classmethod
+    def _a_size(cls, value: int | str | None) -> int | str | None:
+        if value is not None:
+            parse_size(value)
         return value
 
     @field_validator("remote", mode="before")
@@ -260,7 +281,7 @@ def _dotted(loc: tuple) -> str:
     parts = [str(p) for p in loc]
     if len(parts) > 1 and parts[0] == "patch" and parts[1] in MODES:
         del parts[1]
-    tags = ("int", "str", "bool", "float")
+    tags = ("int", "str", "bool", "float", "constrained-int")
     return ".".join(p for p in parts if "[" not in p and p not in tags and not p.isdigit())
 
 

@@ -46,7 +46,6 @@ INT_FIELDS = [
     "model.num_thoughts",
     "data.seed",
     "data.limit",
-    "run.batch_size",
     "run.seed",
     "run.max_rows",
 ]
@@ -142,6 +141,14 @@ def recipe_cases(tmp: Path, base: str) -> list[Case]:
                     b + f"{field}: Input should be a valid integer; got {shown}",
                 )
             )
+    for value, shown in (("true", "True"), ("2.5", "2.5"), ("'3'", "'3'"), ("'big'", "'big'")):
+        cases.append(
+            Case(
+                f"run.batch_size = {value}",
+                [*run, f"run.batch_size={value}"],
+                b + f'run.batch_size: write a number of rows (1 to 65536) or "auto"; got {shown}',
+            )
+        )
     cases += [
         Case(
             "verify_top = true",
@@ -602,6 +609,11 @@ def cli_cases(tmp: Path, base: str, gsm8k: str) -> list[Case]:
         Case(
             "pairs: --out is a folder", ["pairs", "gsm8k", "--input", gsm8k, "--out", str(tmp)], "?"
         ),
+        Case(
+            "pairs: --format dataset over a file",
+            ["pairs", "gsm8k", "--input", gsm8k, "--out", f"{tmp}/f.txt", "--format", "dataset"],
+            "?",
+        ),
         Case("pairs: --n 0", ["pairs", "gsm8k", "--input", gsm8k, "--out", out, "--n", "0"], "?"),
         Case(
             "pairs: input missing",
@@ -1037,7 +1049,8 @@ EXPECTED: dict[str, str] = {
     "pairs: --out names --input another way": "--out {gsm8k_dir}/x/../{gsm8k_name} is the --input file itself; writing it would destroy the GSM8K data, so nothing was written: choose another --out",
     "pairs: --out is a link to --input": "--out {tmp}/link.jsonl is the --input file itself; writing it would destroy the GSM8K data, so nothing was written: choose another --out",
     "pairs: --out is a hard link to --input": "--out {tmp}/hard.jsonl is the --input file itself; writing it would destroy the GSM8K data, so nothing was written: choose another --out",
-    "pairs: --out is a folder": "Invalid value for '--out': File '{tmp}' is a directory.",
+    "pairs: --out is a folder": "Invalid value for '--out': {tmp} is a folder; give a .jsonl file, or --format dataset to write a dataset folder",
+    "pairs: --format dataset over a file": "Invalid value for '--out': {tmp}/f.txt exists and is not an empty folder; nothing was written: choose a new folder",
     "pairs: --n 0": "Invalid value for '--n': 0 is not in the range x>=1.",
     "pairs: input missing": "{tmp}/no.jsonl: cannot read GSM8K file (FileNotFoundError)",
     "pairs: input malformed": "{tmp}/gbad.jsonl:1: malformed JSON (Expecting property name enclosed in double quotes)",

@@ -79,8 +79,16 @@ class Step:
 
 
 def read_gsm8k(path: str | Path) -> list[dict]:
-    """GSM8K rows ({"question", "answer"}) from a JSONL file; blank lines are ignored."""
+    """GSM8K rows ({"question", "answer"}) from a JSONL file (blank lines are ignored), a
+    Hugging Face dataset folder, or (where no such path exists) a hub id in the local cache."""
+    from nnpatch.pairs import hf
+
     path = Path(path)
+    if hf.is_dataset_folder(path) or (not path.exists() and hf.looks_like_hub_id(str(path))):
+        rows = hf.folder_rows(path) if path.exists() else hf.hub_rows(str(path))
+        for number, row in enumerate(rows, 1):
+            _check_row(row, f"{path} row {number}")
+        return rows
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -91,14 +99,16 @@ def read_gsm8k(path: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise PairsError(f"{path}:{number}: malformed JSON ({err.msg})") from None
-        if not isinstance(row, dict) or not all(
-            isinstance(row.get(key), str) for key in ("question", "answer")
-        ):
-            raise PairsError(
-                f"{path}:{number}: expected an object with text fields 'question' and 'answer'"
-            )
+        _check_row(row, f"{path}:{number}")
         rows.append(row)
     return rows
+
+
+def _check_row(row: object, where: str) -> None:
+    if not isinstance(row, dict) or not all(
+        isinstance(row.get(key), str) for key in ("question", "answer")
+    ):
+        raise PairsError(f"{where}: expected an object with text fields 'question' and 'answer'")
 
 
 def check_distinct_paths(input_path: str | Path, out_path: str | Path) -> None:

@@ -36,14 +36,14 @@ def load_pair_set(
             raise PairsError(f"{name!r} generates pairs from a file: set data.source to it")
         from nnpatch.pairs.gsm8k import make_pairs, read_gsm8k
 
-        records, counts = make_pairs(read_gsm8k(_resolve(source, base_dir)), n=limit, seed=seed)
+        records, counts = make_pairs(read_gsm8k(_gsm8k_source(source, base_dir)), limit, seed)
         pairs = [
             Pair(**{k: str(r[k]) for k in FIELDS}, **{k: tuple(r[k]) for k in STEPS})
             for r in records
         ]
         counts = {**counts, "generated": len(pairs)}
     else:
-        pairs = BUILTIN[name]() if name in BUILTIN else read_jsonl(_resolve(name, base_dir))
+        pairs = BUILTIN[name]() if name in BUILTIN else read_pair_file(_resolve(name, base_dir))
         counts = {"read": len(pairs)}
     check_pairs(pairs, name)
     if not pairs:
@@ -52,17 +52,44 @@ def load_pair_set(
     return pairs, {**counts, "kept": len(pairs)}
 
 
-def _resolve(source: str, base_dir: Path) -> Path:
+def _gsm8k_source(source: str, base_dir: Path) -> Path:
+    """A GSM8K file or dataset folder (relative to `base_dir`), else a hub id as given."""
+    from nnpatch.pairs import hf
+
+    path = _path(source, base_dir)
+    if not path.exists() and hf.looks_like_hub_id(source):
+        return Path(source)  # read_gsm8k looks it up in the Hugging Face cache
+    return _resolve(source, base_dir)
+
+
+def _path(source: str, base_dir: Path) -> Path:
     path = Path(source).expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
-    if not path.is_file():
+    return path if path.is_absolute() else base_dir / path
+
+
+def _resolve(source: str, base_dir: Path) -> Path:
+    from nnpatch.pairs.hf import is_dataset_folder
+
+    path = _path(source, base_dir)
+    if not (path.is_file() or is_dataset_folder(path)):
         known = ", ".join((*BUILTIN, *GENERATORS))
         raise PairsError(
             f"{source!r} is neither a file (looked at {path}) nor a built-in set or generator "
             f"({known}); give a path relative to the recipe's folder"
         )
     return path
+
+
+def read_pair_file(path: Path) -> list[Pair]:
+    """Pairs from a JSONL file or a Hugging Face dataset folder of the same fields."""
+    from nnpatch.pairs import hf
+
+    if not hf.is_dataset_folder(path):
+        return read_jsonl(path)
+    rows = hf.folder_rows(path)
+    if not rows:
+        raise PairsError(f"{path}: no pairs in the dataset")
+    return [_pair_from_row(row, f"{path} row {i}") for i, row in enumerate(rows, 1)]
 
 
 def read_jsonl(path: Path) -> list[Pair]:
@@ -105,7 +132,7 @@ def _pair_from_row(row: dict, where: str) -> Pair:
             raise PairsError(f"{where}: field {field!r} is empty")
         values[field] = text if field in QUESTIONS else text.strip()
     for field in STEPS:
-        if field in row:
+        if row.get(field) is not None:  # a dataset's absent column reads as None
             values[field] = _steps(row[field], field, where)
     return Pair(**values)
 

@@ -46,6 +46,31 @@ class Run:
     def positions(self) -> list[str]:
         return self.resolved["resolved"]["model"]["positions"]
 
+    @property
+    def charts(self) -> dict[str, Path]:
+        """The charts drawn, by file stem: each one's PNG where there is one, else its page."""
+        folder = self.path / "charts"
+        pages = {p.stem: p for p in sorted(folder.glob("*.html"))}
+        return {
+            stem: page.with_suffix(".png") if page.with_suffix(".png").is_file() else page
+            for stem, page in pages.items()
+        }
+
+    def table(self, name: str) -> pl.DataFrame:
+        """Any table of the folder by name: "results", "summary", a mode's own ("lens",
+        "mediation", "synergy", ...)."""
+        file = self.path / f"{name}.parquet"
+        if not file.is_file():
+            have = sorted(p.stem for p in self.path.glob("*.parquet"))
+            raise RunFolderError(f"{self.path}: no table {name!r}; it has {', '.join(have)}")
+        return pl.read_parquet(file)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the facts, the key table and the lead metric's heatmap."""
+        from nnpatch.report.notebook import run_html
+
+        return run_html(self)
+
 
 def load_run(path: str | Path, manifest: dict | None = None) -> Run:
     """Open a finished run folder (`manifest`: use this one instead of the stored one). A

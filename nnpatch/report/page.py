@@ -7,8 +7,11 @@ mode's (`Mode.charts`, `Mode.report_lines`).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import html
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -62,11 +65,33 @@ def render(path: str | Path, manifest: dict | None = None, png: bool = True) -> 
 
 @cache
 def vega_bundle() -> str:
-    """Vega, Vega-Lite and vega-embed as one script (built once per process: it takes
-    seconds, and depends only on the vl-convert release)."""
+    """Vega, Vega-Lite and vega-embed as one script. Building it takes about a second and
+    depends only on the vl-convert release, so it is kept in the user's cache
+    (`$NNPATCH_CACHE`, else `$XDG_CACHE_HOME/nnpatch`, else `~/.cache/nnpatch`) with its
+    digest beside it; a cache that cannot be read, or does not match its digest, is rebuilt."""
     import vl_convert as vlc
 
-    return vlc.javascript_bundle()
+    path = cache_dir() / f"vega-bundle-{vlc.__version__}.js"
+    digest = path.with_suffix(".sha256")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if hashlib.sha256(text.encode()).hexdigest() == digest.read_text().strip():
+            return text
+    except (OSError, UnicodeDecodeError):
+        pass
+    text = vlc.javascript_bundle()
+    with contextlib.suppress(OSError):  # an unwritable cache costs the second, nothing else
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, text)
+        write_text(digest, hashlib.sha256(text.encode()).hexdigest())
+    return text
+
+
+def cache_dir() -> Path:
+    if os.environ.get("NNPATCH_CACHE"):
+        return Path(os.environ["NNPATCH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nnpatch"
 
 
 def draw_charts(

@@ -10,6 +10,7 @@ def render_summary(prep, finished) -> str:
         f"run folder: {finished.path}",
         f"model {prep.model.name} | pairs {len(prep.pairs)} | rows {finished.results.height} | "
         f"{finished.timings['total_s']:.1f} s ({finished.timings['rows_per_s']:.0f} rows/s)",
+        where_time_went(finished.timings),
         "baselines (mean over pairs):",
     ]
     for name in [n for n in ("logit_diff", "logprob_diff") if n in names] or names[:1]:
@@ -25,3 +26,27 @@ def render_summary(prep, finished) -> str:
     lines += [f"note: {note}" for note in prep.notes]
     lines += [f"note: {note}" for note in finished.report.get("charts_not_drawn", [])]
     return "\n".join(lines)
+
+
+STAGES = {  # timing key: the stage's name on screen, in the order a run passes them
+    "imports_s": "imports",
+    "pairs_s": "recipe and pairs",
+    "model_s": "model",
+    "checks_s": "checks",
+    "baselines_s": "baselines",
+    "batch_size_s": "batch size",
+    "patch_s": "sweep",
+    "tables_s": "tables",
+    "statistics_s": "statistics",
+    "report_s": "report",
+}
+
+
+def where_time_went(timings: dict[str, float]) -> str:
+    """One line: each stage's seconds, and the time outside the sweep as a multiple of it."""
+    shown = {name: timings[key] for key, name in STAGES.items() if key in timings}
+    outside = sum(seconds for name, seconds in shown.items() if name != "sweep")
+    parts = " · ".join(f"{name} {seconds:.1f} s" for name, seconds in shown.items())
+    sweep = shown.get("sweep", 0.0)
+    ratio = f"; outside the sweep {outside / sweep:.1f}× it" if sweep > 0 else ""
+    return f"time: {parts}{ratio}"

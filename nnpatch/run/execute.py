@@ -25,7 +25,7 @@ from nnpatch.engine.modes import Sweep
 from nnpatch.errors import BaselineError, FolderError, Terminated
 from nnpatch.pairs import Pair
 from nnpatch.report.page import render as render_report
-from nnpatch.run import folder
+from nnpatch.run import batching, folder
 from nnpatch.run.fingerprint import fingerprint
 from nnpatch.run.prepare import Prepared
 from nnpatch.run.resume import check_unchanged
@@ -69,14 +69,20 @@ def execute(
     manifest.update(status="running", pid=os.getpid(), host=platform.node())
     if prep.notes:
         manifest["notes"] = prep.notes
+    tracker = None
     try:
+        if recipe.run.wandb is not None:  # before the rows: its id goes into the manifest
+            tracker = start_tracking(recipe.run.wandb, path, manifest)
         folder.write_manifest(path / "manifest.json", manifest)
         started = time.perf_counter()
-        finished = _sweep(prep, path, progress)
-        finished.timings.update(
-            total_s=time.perf_counter() - started,
-            rows_per_s=finished.timings["rows_computed"] / max(finished.timings["patch_s"], 1e-9),
-        )
+        finished = _sweep(prep, path, progress, manifest)
+        finished.timings = {
+            **prep.seconds,
+            **finished.timings,
+            "total_s": time.perf_counter() - started,
+            "rows_per_s": finished.timings["rows_computed"]
+            / max(finished.timings["patch_s"], 1e-9),
+        }
         done = {
             "rows": finished.results.height,
             "nonfinite_rows": int(finished.results["nonfinite"].sum()),
@@ -84,13 +90,33 @@ def execute(
         }
     except BaseException as err:
         ended = _ended(path, manifest, err)
+        if tracker is not None:
+            with contextlib.suppress(Exception):  # the W&B run says it failed; resume continues it
+                tracker.finish(manifest, failed=True)
         if ended is err:
             raise
         raise ended from None
     manifest.update(status="finished", ended=folder.now(), **done)
     finished.report = _report(path, manifest, prep.recipe.run.report)
+    finished.timings["report_s"] = manifest["report_s"]
+    if tracker is not None:
+        tracker.finish(manifest)
     ShardStore(path).remove()  # results.parquet holds every row now
     return finished
+
+
+def start_tracking(section, path: Path, manifest: dict):
+    from nnpatch.run.tracking import Tracker, TrackingError
+
+    try:
+        return Tracker(section, path, manifest)
+    except TrackingError:
+        raise
+    except Exception as err:  # noqa: BLE001 - W&B's errors are many: one line
+        raise TrackingError(
+            f"run.wandb: W&B could not start ({_one_line(err)}); run `wandb login`, or set "
+            'run.wandb.mode = "offline"'
+        ) from None
 
 
 def _new_folder(prep: Prepared, prints: dict) -> tuple[Path, dict]:
@@ -151,7 +177,8 @@ def _report(path: Path, manifest: dict, what: str) -> dict:
         raise
     except Exception as err:  # noqa: BLE001 - the sweep's tables are whole whatever failed here
         report = {"error": _one_line(err)}
-    manifest.update(report=report, report_s=time.perf_counter() - clock)
+    seconds = time.perf_counter() - clock
+    manifest.update(report=report, report_s=seconds)
     folder.write_manifest(path / "manifest.json", manifest)
     return report
 
@@ -165,16 +192,25 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _sweep(prep: Prepared, path: Path, progress) -> Finished:
-    """The baselines, the mode's rows, the tables and the statistics, each timed."""
+def _sweep(prep: Prepared, path: Path, progress, manifest: dict) -> Finished:
+    """The baselines, the batch size, the mode's rows, the tables and the statistics, each
+    timed."""
     recipe, engine, pairs = prep.recipe, prep.engine, prep.pairs
     names = recipe.metrics.names
     clock = time.perf_counter()
     cells = prep.mode.cells(prep.plan)
-    chunk = max(1, recipe.run.batch_size // 2)
+    size = recipe.run.batch_size
+    chunk = max(1, batching.fixed(size) // 2)
     base = engine.baselines(pairs, prep.answers, cells, chunk, prep.mode.needs_both_runs(recipe))
     _check_finite_baselines(pairs, base)
     baseline_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    planned = prep.mode.row_count(recipe, prep.model.shape, prep.plan, len(pairs))
+    chosen = batching.choose(prep, base, planned, manifest.get("batch"))
+    manifest["batch"] = chosen.record()  # before any shard: a resume must cut rows the same
+    folder.write_manifest(path / "manifest.json", manifest)
+    recipe = prep.recipe = _with_batch_size(recipe, chosen.size)
+    batch_s = time.perf_counter() - clock
     store = ShardStore(path)
     no_bar: Callable = lambda total: lambda n: None  # noqa: E731
     sweep = Sweep(
@@ -203,12 +239,18 @@ def _sweep(prep: Prepared, path: Path, progress) -> Finished:
     folder.write_table(path / "summary.csv", summary)
     timings = {
         "baselines_s": baseline_s,
+        "batch_size_s": batch_s,
         "patch_s": computed.seconds,
         "rows_computed": computed.rows_computed,
         "tables_s": tables_s,
         "statistics_s": time.perf_counter() - clock,
     }
     return Finished(path, results, baselines, summary, timings)
+
+
+def _with_batch_size(recipe, size: int):
+    """The recipe the modes run with: its batch size a number (the one chosen)."""
+    return recipe.model_copy(update={"run": recipe.run.model_copy(update={"batch_size": size})})
 
 
 def _check_finite_baselines(pairs: list[Pair], base) -> None:

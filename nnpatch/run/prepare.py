@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from nnpatch.models import ModelShape, ThoughtModel, build_model, model_shape
 from nnpatch.models.base import answer_is
 from nnpatch.pairs import Pair, load_pair_set
 from nnpatch.recipe import Recipe, read_recipe
+from nnpatch.run import batching
 from nnpatch.run.remote import check_remote
 
 
@@ -38,6 +40,7 @@ class Prepared:
     engine: Engine
     answers: PairAnswers
     notes: list[str] = field(default_factory=list)  # said on screen and in the manifest
+    seconds: dict[str, float] = field(default_factory=dict)  # where the time before the run went
 
 
 def prepare(
@@ -47,6 +50,7 @@ def prepare(
     output: str | Path | None = None,
 ) -> Prepared:
     """Load and check everything a run needs; raises NnpatchError on any bad input."""
+    clock = time.perf_counter()
     source = Path(path)
     overrides = list(overrides)
     if limit is not None:
@@ -54,11 +58,16 @@ def prepare(
     if output is not None:
         overrides.append(f"run.output={json.dumps(str(output))}")
     recipe, data, pairs, counts = _recipe_and_pairs(source, overrides)
+    seconds = {"pairs_s": time.perf_counter() - clock}
     mode = mode_for(recipe.patch.mode)
     _check_output(Path(recipe.run.output), source)
     check_remote(recipe, source, mode)
+    _check_extras(recipe, source)
     torch.manual_seed(recipe.run.seed)
+    clock = time.perf_counter()
     model = build_model(recipe.model, source, on_ndif=recipe.run.remote is True)
+    seconds["model_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     if recipe.data.filter == "both-correct":
         pairs, counts = _keep_both_correct(model, pairs, counts, recipe, source)
     try:
@@ -83,9 +92,35 @@ def prepare(
     mode.check(recipe, model, pairs, plan, source)
     _check_row_count(mode, recipe, model.shape, plan, len(pairs), source)
     notes = _span_notes(model, pairs, plan) + mode.notes(recipe, pairs, model)
+    seconds["checks_s"] = time.perf_counter() - clock  # the filter, answers and plan checks
     return Prepared(
-        recipe, source, data, overrides, model, pairs, counts, mode, plan, engine, answers, notes
+        recipe,
+        source,
+        data,
+        overrides,
+        model,
+        pairs,
+        counts,
+        mode,
+        plan,
+        engine,
+        answers,
+        notes,
+        seconds,
     )
+
+
+def _check_extras(recipe: Recipe, source: Path) -> None:
+    """An optional integration the recipe asks for is installed, before anything is written."""
+    import importlib.util
+
+    if recipe.run.wandb is not None and importlib.util.find_spec("wandb") is None:
+        raise RecipeError(
+            source,
+            "run.wandb",
+            "wandb is not installed",
+            "pip install 'nnpatch[wandb]', or remove run.wandb",
+        )
 
 
 def _check_row_count(mode: Mode, recipe: Recipe, shape, plan, pairs: int, source) -> None:
@@ -149,7 +184,10 @@ def _keep_both_correct(model, pairs: list[Pair], counts: dict, recipe: Recipe, s
             f"{model.name} cannot decode answers",
             "use filter = 'none' for plain causal LMs",
         )
-    limit, chunk = recipe.data.limit or len(pairs), max(1, recipe.run.batch_size // 2)
+    limit, chunk = (
+        recipe.data.limit or len(pairs),
+        max(1, batching.fixed(recipe.run.batch_size) // 2),
+    )
     kept: list[Pair] = []
     checked = 0
     for start in range(0, len(pairs), chunk):

@@ -175,3 +175,21 @@ def test_compare_resid_against_thought_site(tmp_path):
         - b.filter(real)["logit_diff"].mean()
     )
     np.testing.assert_allclose(row["mean"], expected, rtol=1e-9)
+
+
+def test_the_vega_bundle_is_built_once_per_release_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    import vl_convert
+
+    from nnpatch.report import page
+
+    built = []
+    monkeypatch.setattr(vl_convert, "javascript_bundle", lambda: built.append(1) or "vega();")
+    monkeypatch.setenv("NNPATCH_CACHE", str(tmp_path / "cache"))
+    fresh = lambda: page.vega_bundle.__wrapped__()  # noqa: E731 - past the per-process cache
+    assert fresh() == "vega();" and fresh() == "vega();" and len(built) == 1
+    (cached,) = (tmp_path / "cache").glob("vega-bundle-*.js")
+    cached.write_text("veg")  # truncated: its digest no longer matches
+    assert fresh() == "vega();" and len(built) == 2
+    (tmp_path / "a-file").write_text("")  # a cache that cannot be made: built each time
+    monkeypatch.setenv("NNPATCH_CACHE", str(tmp_path / "a-file" / "cache"))
+    assert fresh() == "vega();" and fresh() == "vega();" and len(built) == 4

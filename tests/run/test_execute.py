@@ -57,3 +57,16 @@ def test_an_api_key_in_the_environment_never_reaches_the_run_folder(tmp_path, mo
     for file in finished.path.rglob("*"):
         if file.is_file():
             assert secret.encode() not in file.read_bytes(), file
+
+
+def test_the_manifest_and_screen_say_where_the_time_went(tmp_path):
+    from nnpatch.report.screen import STAGES, render_summary
+
+    prep = prepare(write_recipe(tmp_path, run={"report": "html"}))
+    prep.seconds["imports_s"] = 0.5  # the CLI measures its imports
+    finished = execute(prep)
+    manifest = json.loads((finished.path / "manifest.json").read_text())
+    timings = {**manifest["timings"], "report_s": manifest["report_s"]}  # after the report
+    assert set(STAGES) <= set(timings) and all(timings[key] >= 0 for key in STAGES)
+    line = next(x for x in render_summary(prep, finished).splitlines() if x.startswith("time:"))
+    assert "imports 0.5 s" in line and "report" in line and "outside the sweep" in line

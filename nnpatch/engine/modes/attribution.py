@@ -52,6 +52,7 @@ class AttributionPatch(PatchCommon):
 class Attribution(Mode):
     sections = (AttributionPatch,)
     remote_refusal = "attribution takes its gradients with local hooks, not through NDIF"
+    sized_by_memory = False
 
     def primary(self, patch) -> tuple[str, str]:
         return patch.sites[0], patch.direction

@@ -147,6 +147,9 @@ class Mode:
     remote_refusal: ClassVar[str | None] = None
     # the baseline pass records both runs' activations (not only the donor's)
     reads_both_runs: ClassVar[bool] = False
+    # batch_size = "auto" sizes its batches from a probe of patched rows (modes whose rows
+    # hold gradients or every cell's logits are not sized by it)
+    sized_by_memory: ClassVar[bool] = True
 
     def plan(self, patch, shape: ModelShape, source: str | Path) -> list[PatchSpec]:
         raise NotImplementedError

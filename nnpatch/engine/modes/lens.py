@@ -46,6 +46,7 @@ class LensPatch(Section):
 class Lens(Mode):
     sections = (LensPatch,)
     reads_both_runs = True
+    sized_by_memory = False
 
     def plan(self, patch, shape, source) -> list[PatchSpec]:
         check_site(patch, shape, source)

@@ -39,6 +39,7 @@ class RecordPatch(Section):
 class Record(Mode):
     sections = (RecordPatch,)
     reads_both_runs = True
+    sized_by_memory = False
 
     def plan(self, patch, shape, source) -> list[PatchSpec]:
         check_site(patch, shape, source)

@@ -279,6 +279,8 @@ def pairs_gsm8k(input_path: str, out_path: str, out_format: str, n: int | None, 
 
     Problems where that is ambiguous are skipped; the counts say why.
     """
+    from pathlib import Path
+
     from nnpatch.pairs.gsm8k import (
         check_distinct_paths,
         describe_counts,
@@ -286,8 +288,6 @@ def pairs_gsm8k(input_path: str, out_path: str, out_format: str, n: int | None, 
         read_gsm8k,
         write_pairs_jsonl,
     )
-
-    from pathlib import Path
 
     out = Path(out_path)
     if out_format == "jsonl" and out.is_dir():

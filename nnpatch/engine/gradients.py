@@ -26,13 +26,21 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from nnpatch.engine import metrics as M
+from nnpatch.engine.forward import envoy_at
 from nnpatch.engine.plan import PatchSpec
-from nnpatch.engine.trace import Baselines, Engine, PairAnswers, _envoy
+from nnpatch.engine.trace import Baselines, Engine, PairAnswers
 from nnpatch.pairs import Pair
 
 # metrics with a useful first-order estimate: the others are flat (zero gradient) at the
 # unpatched run (KL at its minimum, an argmax), so their estimates are left NaN
 ESTIMABLE = ("logit_diff", "recovery", "logprob_diff")
+# what is differentiated for each: recovery is affine in the logit difference, so one
+# backward pass serves both
+DIFFERENTIATED = {
+    "logit_diff": "logit_diff",
+    "recovery": "logit_diff",
+    "logprob_diff": "logprob_diff",
+}
 
 
 def estimate(
@@ -101,12 +109,13 @@ def _estimate_chunk(engine, pairs, answers, sites, index, steps) -> torch.Tensor
     picked = torch.tensor(index, device=device)
     donor = {k: sites[k[0]][0].donor[k[1:]].index_select(0, picked).repeat(copies, 1) for k in keys}
     estimable = [(column, name) for column, name in enumerate(names) if name in ESTIMABLE]
+    bases = sorted({DIFFERENTIATED[name] for _, name in estimable})
     donor_ids, aligned = (
         _donor_questions(engine, pairs, index, encoded) if steps > 1 else (None, None)
     )
     unpatched: dict = {}
-    change = {(column, key): 0.0 for column, _ in estimable for key in keys}
-    gradient: dict = {}  # the last point's gradient per (metric, cell)
+    change = {(base, key): 0.0 for base in bases for key in keys}
+    gradient: dict = {}  # the last point's gradient per (differentiated metric, cell)
     here: dict = {}  # the last point's activation per cell
     for step in range(steps):
         alpha = step / steps  # 0 first: the receiver's own run, where attribution patching looks
@@ -121,25 +130,31 @@ def _estimate_chunk(engine, pairs, answers, sites, index, steps) -> torch.Tensor
             raise RuntimeError(f"cells never reached in the forward: {missing[:3]}")
         now = {k: captured[k][rows, tokens[k]].detach().float() for k in keys}
         _advance(change, gradient, here, now)
-        for column, name in estimable:
-            value = M.METRICS[name](scores, refs)  # [B]
+        for base in bases:
+            value = M.METRICS[base](scores, refs)  # [B]
             if step == 0:
-                unpatched[column] = value.detach().float()
+                unpatched[base] = value.detach().float()
             grads = torch.autograd.grad(
                 value.sum(), [captured[k] for k in keys], retain_graph=True, allow_unused=True
             )
             for key, grad in zip(keys, grads, strict=True):
                 if grad is not None:
-                    gradient[(column, key)] = grad[rows, tokens[key]].float()
+                    gradient[(base, key)] = grad[rows, tokens[key]].float()
         here = now
     _advance(change, gradient, here, {k: donor[k].float() for k in keys})  # the donor run
     out = torch.full((len(keys), batch, len(names)), float("nan"))
-    for column, _ in estimable:
-        for spec_index, key in enumerate(keys):
-            moved = change[(column, key)]
+    for spec_index, key in enumerate(keys):
+        estimated = {}
+        for base in bases:
+            moved = change[(base, key)]
             if isinstance(moved, torch.Tensor):
                 moved = moved.reshape(copies, batch).sum(0)
-            out[spec_index, :, column] = (unpatched[column] + moved).cpu()
+            estimated[base] = unpatched[base] + moved
+        for column, name in estimable:
+            value = estimated[DIFFERENTIATED[name]]
+            if name == "recovery":
+                value = M.recovery_of(value, refs)
+            out[spec_index, :, column] = value.cpu()
     return out
 
 
@@ -230,7 +245,7 @@ def _capturing(root: torch.nn.Module, cells: dict):
                     captured[key] = value
             calls["n"] += 1
 
-        handles.append(_envoy(root, path).register_forward_hook(hook))
+        handles.append(envoy_at(root, path).register_forward_hook(hook))
     try:
         yield captured
     finally:

@@ -77,9 +77,14 @@ GAP_EPS = 1e-6  # a clean-corrupted logit gap below this leaves recovery undefin
 
 
 def _recovery(s: Scores, r: References) -> torch.Tensor:
-    """(ld - ld_corrupt) / (ld_clean - ld_corrupt); NaN where the gap is ~0 (not ±inf)."""
+    return recovery_of(s.logit_diff, r)
+
+
+def recovery_of(logit_diff: torch.Tensor, r: References) -> torch.Tensor:
+    """(ld - ld_corrupt) / (ld_clean - ld_corrupt); NaN where the gap is ~0 (not ±inf).
+    Affine in ld, so an estimate of ld gives recovery's estimate exactly."""
     gap = r.clean_logit_diff - r.corrupt_logit_diff
-    value = (s.logit_diff - r.corrupt_logit_diff) / gap
+    value = (logit_diff - r.corrupt_logit_diff) / gap
     return torch.where(gap.abs() > GAP_EPS, value, torch.full_like(value, float("nan")))
 
 

@@ -19,7 +19,8 @@ import hashlib
 
 import torch
 
-from nnpatch.engine.trace import Baselines, CellKey, Written, donor_values
+from nnpatch.engine.forward import CellKey
+from nnpatch.engine.trace import Baselines, Written, donor_values
 from nnpatch.models.base import Cell
 
 SOURCES = ("donor", "mean", "zero", "random", "steer")

@@ -26,9 +26,10 @@ import torch
 from pydantic import Field
 
 from nnpatch.engine import metrics as M
+from nnpatch.engine.forward import Op
 from nnpatch.engine.modes.base import Computed, Mode, Sweep
 from nnpatch.engine.plan import PatchSpec, by_first_position, selected_layers, selected_positions
-from nnpatch.engine.trace import Engine, Op
+from nnpatch.engine.trace import Engine
 from nnpatch.errors import RecipeError
 from nnpatch.fields import Int, Layers, Position, Section
 from nnpatch.report import charts

@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from nnpatch.errors import NnpatchError
 from nnpatch.recipe import Recipe
 
 RECIPE_FILE = ".nnpatch-recipe-{digest}.toml"
@@ -50,16 +51,24 @@ def recipe_path(recipe: str | Path | Recipe) -> Path:
     """The recipe's file: the path given, or a kept file holding the text or `Recipe`."""
     if isinstance(recipe, Recipe):
         text = toml_text(recipe.model_dump(mode="json", exclude_unset=True, exclude_none=True))
-    elif isinstance(recipe, str) and ("\n" in recipe or "=" in recipe):
+    elif (
+        isinstance(recipe, str) and not Path(recipe).is_file() and ("\n" in recipe or "=" in recipe)
+    ):
         text = recipe
     else:
         return Path(recipe)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     path = Path(RECIPE_FILE.format(digest=digest))
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        from nnpatch.run.folder import write_text
+    try:
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            from nnpatch.run.folder import write_text
 
-        write_text(path, text)
+            write_text(path, text)
+    except OSError as err:
+        raise NnpatchError(
+            f"{path.resolve()}: cannot keep the recipe text there ({err.strerror or err}); "
+            "run from a writable folder or pass a recipe file"
+        ) from None
     return path
 
 

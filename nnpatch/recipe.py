@@ -256,7 +256,15 @@ def _most_specific(errors: list[dict]) -> dict:
 
 
 def _check_applicable(recipe: Recipe, path: str | Path) -> None:
-    """A field that would be ignored for this model kind is an error, not silence."""
+    """A field that would be ignored (for this model kind, or this batch size) is an error,
+    not silence."""
+    if recipe.run.max_memory is not None and recipe.run.batch_size != "auto":
+        raise RecipeError(
+            path,
+            "run.max_memory",
+            f'applies only to batch_size = "auto" (batch_size is {recipe.run.batch_size})',
+            'remove it, or set run.batch_size = "auto"',
+        )
     section = recipe.model
     kind = section.kind or ("preset" if section.preset is not None else None)
     for name in sorted(section.model_fields_set & set(KIND_FIELDS)):

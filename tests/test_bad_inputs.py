@@ -141,6 +141,29 @@ def recipe_cases(tmp: Path, base: str) -> list[Case]:
                     b + f"{field}: Input should be a valid integer; got {shown}",
                 )
             )
+    cases.append(
+        Case(
+            "max_memory with a fixed batch",
+            [*run, "run.batch_size=8", "--set", "run.max_memory='4GiB'"],
+            b + 'run.max_memory: applies only to batch_size = "auto" (batch_size is 8); remove '
+            'it, or set run.batch_size = "auto"',
+        )
+    )
+    cases.append(
+        Case(
+            "max_memory not a size",
+            [*run, "run.max_memory='lots'"],
+            b + "run.max_memory: write a size such as 2GiB, 512MiB, 1.5GB or a number of bytes; "
+            "got 'lots'",
+        )
+    )
+    cases.append(
+        Case(
+            "wandb without a project",
+            [*run, "run.wandb={mode='offline'}"],
+            b + "run.wandb.project: Field required; add it",
+        )
+    )
     for value, shown in (("true", "True"), ("2.5", "2.5"), ("'3'", "'3'"), ("'big'", "'big'")):
         cases.append(
             Case(

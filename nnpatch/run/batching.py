@@ -71,7 +71,7 @@ def choose(prep, baselines, rows_planned: int, recorded: dict | None = None) -> 
 
 
 def _per_row(prep, baselines, meter: Meter) -> float:
-    engine, spec = prep.engine, prep.plan[0]
+    engine, spec = prep.mode.probe_engine(prep.engine), prep.plan[0]
     pairs = len(prep.pairs)
     peaks = {}
     # the larger first: memory an allocator keeps from it can only shrink the smaller's

@@ -8,7 +8,7 @@ import json
 import polars as pl
 import pytest
 import torch
-from helpers import write_recipe
+from helpers import ROOT, write_recipe
 from polars.testing import assert_frame_equal
 
 from nnpatch.run import batching
@@ -152,3 +152,13 @@ def test_a_resumed_auto_run_cuts_its_rows_as_it_first_did(tmp_path, monkeypatch)
     assert final["batch"]["size"] == 8 and final["timings"]["rows_computed"] < expected.height
     got = pl.read_parquet(resumed.path / "results.parquet")
     assert_frame_equal(got, expected, check_exact=False, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_recipe_runs_with_an_automatic_batch(tmp_path, recipe):
+    """Each mode's rows go through the probe (a mode whose rows run through another engine
+    gives that engine)."""
+    overrides = ['run.batch_size="auto"', 'run.report="none"', f'run.output="{tmp_path}"']
+    finished = execute(prepare(recipe, overrides, limit=3))
+    manifest = json.loads((finished.path / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["batch"]["size"] >= 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import write_recipe
 
-from nnpatch.errors import RecipeError
+from nnpatch.errors import NnpatchError, RecipeError
 from nnpatch.run.execute import execute
 from nnpatch.run.prepare import prepare
 from nnpatch.run.tracking import ARTIFACT_FILES
@@ -116,3 +116,18 @@ def test_wandb_not_installed_is_refused_before_a_folder_is_made(tmp_path, monkey
     with pytest.raises(RecipeError, match=r"run\.wandb: wandb is not installed; pip install"):
         prepare(_recipe(tmp_path))
     assert not (tmp_path / "outputs").exists()
+
+
+def test_online_without_a_login_is_one_line_and_a_failed_folder(tmp_path, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc with a key
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / "wandb"))
+    recipe = write_recipe(
+        tmp_path, data={"limit": 2}, run={"wandb": {"project": "p", "mode": "online"}}
+    )
+    with pytest.raises(NnpatchError, match=r"^run\.wandb: W&B could not start \(") as err:
+        execute(prepare(recipe))
+    assert "\n" not in str(err.value)
+    (manifest,) = (tmp_path / "outputs").glob("*/*/manifest.json")
+    assert json.loads(manifest.read_text())["status"] == "failed"

@@ -169,6 +169,11 @@ class Mode:
         """How many rows the run plans (checked against `run.max_rows` before it starts)."""
         return len(plan) * pairs
 
+    def probe_engine(self, engine: Engine) -> Engine:
+        """The engine whose rows `batch_size = "auto"` measures (the mode's own, where its
+        rows run through another)."""
+        return engine
+
     def needs_both_runs(self, recipe: Recipe) -> bool:
         """Whether the baseline pass must record both runs' activations, not the donor's."""
         return self.reads_both_runs

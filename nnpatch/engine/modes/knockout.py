@@ -97,6 +97,9 @@ class Knockout(Mode):
     def cells(self, plan) -> list:
         return []  # nothing is copied: the baseline pass only scores the runs
 
+    def probe_engine(self, engine: Engine) -> Engine:
+        return KnockoutEngine(engine)
+
     def compute(self, sweep: Sweep) -> Computed:
         clock = time.perf_counter()
         patch = sweep.recipe.patch

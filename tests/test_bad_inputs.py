@@ -262,7 +262,7 @@ def recipe_cases(tmp: Path, base: str) -> list[Case]:
             "position out of range",
             [*run, "patch.positions=[0, 9]"],
             b + "patch.positions: thought position 9 is out of range for tiny-random-codi "
-            "(thoughts 0..5); use 0..K-1, 'bot' or 'eot'",
+            "(thoughts 0..5); use 0..5, 'bot' or 'eot'",
         ),
         Case("unknown position", [*run, "patch.positions=['first']"], "?"),
         Case("position listed twice", [*run, "patch.positions=[0, 0]"], "?"),
@@ -1168,5 +1168,5 @@ EXPECTED: dict[str, str] = {
     "knockout of both runs": "{tmp}/base.toml: patch.run: Input should be 'clean' or 'corrupted'; got 'both'",
     "a direction on knockout": "{tmp}/base.toml: patch.direction: unknown key; remove it or check its spelling against the README's recipe reference",
     "knockout on a plain LM": "{tmp}/base.toml: patch.mode: knockout cuts attention inside a thought loop and tiny-random-gpt2 has none; use a CODI or Coconut model",
-    "knockout from a thought out of range": "{tmp}/base.toml: patch.from: thought position 99 is out of range for tiny-random-codi (thoughts 0..5); use 0..K-1, 'bot' or 'eot'",
+    "knockout from a thought out of range": "{tmp}/base.toml: patch.from: thought position 99 is out of range for tiny-random-codi (thoughts 0..5); use 0..5",
 }

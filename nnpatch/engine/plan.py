@@ -79,11 +79,12 @@ def selected_positions(
                 "plain causal LMs patch span token indices 0..S-1",
             )
         if isinstance(position, int) and not 0 <= position <= top:
+            named = model.named_positions and site != "thought"  # thought sites: thoughts only
             raise RecipeError(
                 source,
                 field,
                 f"{kind} position {position} is out of range for {model.name} ({kind}s 0..{top})",
-                "use 0..K-1, 'bot' or 'eot'",
+                f"use 0..{top}" + (", 'bot' or 'eot'" if named else ""),
             )
         labels.append(str(position))
     if not labels:

@@ -150,6 +150,8 @@ def _execute(prep, resume) -> None:
 
     finished = execute(prep, progress=start, resume=resume)
     click.echo(render_summary(prep, finished))
+    for warning in finished.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if "error" in finished.report:
         click.echo(
             f"warning: the report was not written ({finished.report['error']}); the tables "

@@ -41,6 +41,7 @@ class Finished:
     summary: pl.DataFrame
     timings: dict[str, float] = field(default_factory=dict)
     report: dict = field(default_factory=dict)  # charts not drawn, or why no report
+    warnings: list[str] = field(default_factory=list)  # what failed once the tables stood
 
 
 def execute(
@@ -100,7 +101,7 @@ def execute(
     finished.report = _report(path, manifest, prep.recipe.run.report)
     finished.timings["report_s"] = manifest["report_s"]
     if tracker is not None:
-        tracker.finish(manifest)
+        _finish_tracking(tracker, path, manifest, finished)
     ShardStore(path).remove()  # results.parquet holds every row now
     return finished
 
@@ -117,6 +118,20 @@ def start_tracking(section, path: Path, manifest: dict):
             f"run.wandb: W&B could not start ({_one_line(err)}); run `wandb login`, or set "
             'run.wandb.mode = "offline"'
         ) from None
+
+
+def _finish_tracking(tracker, path: Path, manifest: dict, finished: Finished) -> None:
+    """The W&B run's summary and files. The tables are whole whatever happens here, so a
+    failure is recorded and said, not raised."""
+    try:
+        tracker.finish(manifest)
+    except Exception as err:  # noqa: BLE001 - W&B's errors are many: one line
+        manifest["wandb"]["error"] = _one_line(err)
+        folder.write_manifest(path / "manifest.json", manifest)
+        finished.warnings.append(
+            f"the W&B run did not get its summary and files ({manifest['wandb']['error']}); "
+            "the run folder holds them"
+        )
 
 
 def _new_folder(prep: Prepared, prints: dict) -> tuple[Path, dict]:

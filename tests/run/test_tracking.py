@@ -131,3 +131,17 @@ def test_online_without_a_login_is_one_line_and_a_failed_folder(tmp_path, monkey
     assert "\n" not in str(err.value)
     (manifest,) = (tmp_path / "outputs").glob("*/*/manifest.json")
     assert json.loads(manifest.read_text())["status"] == "failed"
+
+
+def test_a_wandb_failure_after_the_tables_is_recorded_not_raised(tmp_path, offline, monkeypatch):
+    from nnpatch.run import tracking
+
+    def broken(self, manifest, failed=False):
+        self.run.finish()  # no W&B run left open for the next test
+        raise ConnectionError("the upload broke")
+
+    monkeypatch.setattr(tracking.Tracker, "finish", broken)
+    finished = execute(prepare(_recipe(tmp_path, report="none")))
+    manifest = json.loads((finished.path / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and "the upload broke" in manifest["wandb"]["error"]
+    assert finished.warnings and "the run folder holds them" in finished.warnings[0]

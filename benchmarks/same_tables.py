@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ["position", "layer", "chained", "attribution"]
+RECIPES = ["position", "layer", "chained", "attribution"]  # --recipes narrows them
 TABLES = ["results", "baselines", "summary"]
 
 
@@ -61,14 +61,25 @@ def differences(a: Path, b: Path) -> list[str]:
             found.append(f"{table}: {left.height} vs {right.height} rows")
         elif not left.equals(right):
             cols = [c for c in left.columns if not left[c].equals(right[c])]
-            found.append(f"{table}: columns differ: {', '.join(cols)}")
+            found.append(
+                f"{table}: columns differ: {', '.join(_gap(left, right, c) for c in cols)}"
+            )
     return found
+
+
+def _gap(left: pl.DataFrame, right: pl.DataFrame, column: str) -> str:
+    """The column's name, with its largest absolute difference where it is numeric."""
+    if not left[column].dtype.is_float():
+        return column
+    gap = (left[column] - right[column]).abs().fill_nan(0.0).max()
+    return f"{column} (max |difference| {gap:.2g})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before")
     parser.add_argument("after", nargs="?", default="")
+    parser.add_argument("--recipes", default=",".join(RECIPES))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -76,7 +87,7 @@ def main() -> int:
             checkout(rev, scratch / f"tree{i}") for i, rev in enumerate((args.before, args.after))
         ]
         failed = False
-        for recipe in RECIPES:
+        for recipe in args.recipes.split(","):
             a, b = (run(tree, recipe, scratch / f"out{i}") for i, tree in enumerate(trees))
             found = differences(a, b)
             failed |= bool(found)

@@ -67,6 +67,7 @@ class Bench:
             self.pairs, self.answers, mode.cells(self.plan), chunk, mode.needs_both_runs(recipe)
         )
         planned = mode.row_count(recipe, self.model.shape, self.plan, len(self.pairs))
+        baseline_peak = _gpu_peak(self.model.device)  # choose() resets CUDA's peak counter
         chosen = batching.choose(self, base, planned)
         run = recipe.run.model_copy(update={"batch_size": chosen.size})
         self.recipe = recipe.model_copy(update={"run": run})
@@ -84,7 +85,18 @@ class Bench:
         )
         computed = mode.compute(sweep)
         _sync(str(self.model.device))
+        self.gpu_peak = max(baseline_peak, _gpu_peak(self.model.device))
         return computed.results.height, time.perf_counter() - start, chosen.how
+
+
+def _gpu_peak(device: torch.device) -> int:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+
+
+def _peak(device: str, bench: Bench) -> str:
+    if device.startswith("cuda"):
+        return f"{bench.gpu_peak / 2**30:.2f} GiB (GPU, this part)"
+    return _peak_memory(device)
 
 
 def main() -> None:
@@ -139,10 +151,11 @@ def main() -> None:
         for name in args.parts.split(","):
             patch, some = parts[name]
             _reset(args.device)
-            rows, seconds, how = Bench(model, some, patch, run, Path(folder)).run()
+            bench = Bench(model, some, patch, run, Path(folder))
+            rows, seconds, how = bench.run()
             print(
                 f"{name:<10} {len(some):>6} {rows:>9,} {seconds:>9.1f} {rows / seconds:>9.0f}  "
-                f"{_peak_memory(args.device)}; {how}"
+                f"{_peak(args.device, bench)}; {how}"
             )
 
 

@@ -69,9 +69,7 @@ def recipe_path(recipe: str | Path | Recipe) -> Path:
     """The recipe's file: the path given, or a kept file holding the text or `Recipe`."""
     if isinstance(recipe, Recipe):
         text = toml_text(recipe.model_dump(mode="json", exclude_unset=True, exclude_none=True))
-    elif (
-        isinstance(recipe, str) and not Path(recipe).is_file() and ("\n" in recipe or "=" in recipe)
-    ):
+    elif isinstance(recipe, str) and _is_text(recipe):
         text = recipe
     else:
         return Path(recipe)
@@ -90,6 +88,16 @@ def recipe_path(recipe: str | Path | Recipe) -> Path:
     return path
 
 
+def _is_text(recipe: str) -> bool:
+    """A TOML text rather than a path: it has a newline, or an "=" and names no file."""
+    if "\n" in recipe:
+        return True
+    try:
+        return "=" in recipe and not Path(recipe).is_file()
+    except (OSError, ValueError):  # a name no file system takes
+        return "=" in recipe
+
+
 def toml_literal(value: object) -> str:
     """A Python value as a TOML value (what `--set key=VALUE` parses)."""
     if isinstance(value, bool):
@@ -101,7 +109,8 @@ def toml_literal(value: object) -> str:
             return repr(value)
         return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
     if isinstance(value, (str, Path)):
-        return json.dumps(str(value))  # JSON's escapes are TOML's basic-string escapes
+        # JSON's escapes are TOML's basic-string escapes; TOML also forbids a raw DEL
+        return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_literal(v) for v in value) + "]"
     if isinstance(value, Mapping):
@@ -125,4 +134,4 @@ def _table(value: object) -> bool:
 
 def _key(key: str) -> str:
     bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
-    return key if bare else json.dumps(key)
+    return key if bare else toml_literal(key)

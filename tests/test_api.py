@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 
 import polars as pl
 import pytest
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from helpers import ROOT, write_recipe
 
 import nnpatch
-from nnpatch.api import toml_literal
+from nnpatch.api import recipe_path, toml_literal
 from nnpatch.cli import main
 from nnpatch.errors import RecipeError
 from nnpatch.recipe import load_recipe
@@ -64,6 +65,14 @@ def test_values_become_the_toml_the_command_line_parses():
     assert toml_literal([0, "eot", 1.5, True]) == '[0, "eot", 1.5, true]'
     assert toml_literal({"project": 'a "b"'}) == '{project = "a \\"b\\""}'
     assert toml_literal(float("-inf")) == "-inf"
+    for text in ["plain", "emoji \U0001f600 and é", "tab\tnew\nline", "del\x7f", 'q"\\']:
+        assert tomllib.loads(f"v = {toml_literal(text)}")["v"] == text
+
+
+def test_a_text_too_long_for_a_file_name_is_still_a_text(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = "x = " + "a" * 400  # one line: no file system takes it as a name
+    assert recipe_path(text).read_text() == text
 
 
 def test_a_run_shows_itself_in_jupyter(tmp_path):

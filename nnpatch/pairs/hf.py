@@ -9,7 +9,8 @@ from pathlib import Path
 
 from nnpatch.errors import PairsError
 
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?")  # owner/name[:config]
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?")  # owner/name[:config]
+FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".txt", ".parquet", ".arrow", ".toml")
 SPLIT = "test"  # GSM8K's evaluation split; a folder of one split is read whatever its name
 
 
@@ -21,7 +22,8 @@ def is_dataset_folder(path: Path) -> bool:
 
 
 def looks_like_hub_id(text: str) -> bool:
-    return HUB_ID.fullmatch(text) is not None and not text.endswith(".jsonl")
+    """owner/name[:config], not a mistyped file name such as data/test.json."""
+    return HUB_ID.fullmatch(text) is not None and not text.lower().endswith(FILE_SUFFIXES)
 
 
 def _datasets():
@@ -66,7 +68,8 @@ def hub_rows(hub_id: str) -> list[dict]:
     except Exception as err:  # noqa: BLE001 - not cached, or not a dataset: one line
         hint = f", '{config}'" if config else ""
         raise PairsError(
-            f"{hub_id}: not in the local Hugging Face cache ({_said(err)}); download it where "
+            f"{hub_id}: no such file or folder, and not in the local Hugging Face cache "
+            f"({_said(err)}); download it where "
             f'there is a network with python -c "import datasets; datasets.load_dataset('
             f"'{name}'{hint})\" (HF_HOME sets the cache), or save it with save_to_disk and "
             "give that folder"

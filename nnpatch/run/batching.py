@@ -71,13 +71,12 @@ def choose(prep, baselines, rows_planned: int, recorded: dict | None = None) -> 
 
 
 def _per_row(prep, baselines, meter: Meter) -> float:
-    engine, spec = prep.mode.probe_engine(prep.engine), prep.plan[0]
-    pairs = len(prep.pairs)
+    engine, pairs = prep.mode.probe_engine(prep.engine), len(prep.pairs)
     peaks = {}
     # the larger first: memory an allocator keeps from it can only shrink the smaller's
     # peak, so the difference errs toward more memory per row, never less
     for k in (2 * PROBE_ROWS, PROBE_ROWS):
-        rows = [(spec, i % pairs, i % pairs) for i in range(k)]
+        rows = prep.mode.probe_rows(prep.plan, pairs, k)
         with meter.peak() as peak:
             engine.patch(prep.pairs, prep.answers, baselines, rows, k)
         peaks[k] = peak.bytes

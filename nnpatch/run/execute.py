@@ -98,7 +98,13 @@ def execute(
             raise
         raise ended from None
     manifest.update(status="finished", ended=folder.now(), **done)
-    finished.report = _report(path, manifest, prep.recipe.run.report)
+    try:
+        finished.report = _report(path, manifest, prep.recipe.run.report)
+    except BaseException:  # Ctrl-C in the report: the W&B run is closed as stopped
+        if tracker is not None:
+            with contextlib.suppress(Exception):
+                tracker.finish(manifest, failed=True)
+        raise
     finished.timings["report_s"] = manifest["report_s"]
     if tracker is not None:
         _finish_tracking(tracker, path, manifest, finished)
@@ -116,7 +122,7 @@ def start_tracking(section, path: Path, manifest: dict):
     except Exception as err:  # noqa: BLE001 - W&B's errors are many: one line
         raise TrackingError(
             f"run.wandb: W&B could not start ({_one_line(err)}); run `wandb login`, or set "
-            'run.wandb.mode = "offline"'
+            'run.wandb.mode = "offline" (WANDB_MODE=offline for a run to resume)'
         ) from None
 
 
@@ -221,7 +227,10 @@ def _sweep(prep: Prepared, path: Path, progress, manifest: dict) -> Finished:
     baseline_s = time.perf_counter() - clock
     clock = time.perf_counter()
     planned = prep.mode.row_count(recipe, prep.model.shape, prep.plan, len(pairs))
-    chosen = batching.choose(prep, base, planned, manifest.get("batch"))
+    recorded = manifest.get("batch")
+    if recorded is None and manifest.get("resumed"):  # started before batch sizes were recorded
+        recorded = {"size": batching.fixed(size), "how": "the batch size of its recipe"}
+    chosen = batching.choose(prep, base, planned, recorded)
     manifest["batch"] = chosen.record()  # before any shard: a resume must cut rows the same
     folder.write_manifest(path / "manifest.json", manifest)
     recipe = prep.recipe = _with_batch_size(recipe, chosen.size)
@@ -229,7 +238,16 @@ def _sweep(prep: Prepared, path: Path, progress, manifest: dict) -> Finished:
     store = ShardStore(path)
     no_bar: Callable = lambda total: lambda n: None  # noqa: E731
     sweep = Sweep(
-        recipe, prep.model, pairs, prep.answers, engine, prep.plan, base, store, progress or no_bar
+        recipe,
+        prep.model,
+        pairs,
+        prep.answers,
+        engine,
+        prep.plan,
+        base,
+        store,
+        progress or no_bar,
+        baseline_chunk=chunk,  # the probe sized patched rows, not baseline passes
     )
     computed = prep.mode.compute(sweep)
     clock = time.perf_counter()

@@ -25,9 +25,15 @@ def _sha(data: object) -> str:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    """The resolved recipe, overrides applied (the output folder aside: moving runs is fine)."""
+    """The resolved recipe, overrides applied, less what never changes a row: the output
+    folder (moving runs is fine), W&B's settings and the memory budget (the batch a run
+    started with is recorded and kept). `batch_size = "auto"` hashes as 64, the default
+    before it, so runs started then still resume."""
     dumped = recipe.model_dump(mode="json")
-    dumped["run"].pop("output", None)
+    for key in ("output", "wandb", "max_memory"):
+        dumped["run"].pop(key, None)
+    if dumped["run"].get("batch_size") == "auto":
+        dumped["run"]["batch_size"] = 64
     return _sha(dumped)
 
 

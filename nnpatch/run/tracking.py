@@ -29,8 +29,11 @@ class TrackingError(NnpatchError):
 
 
 def wandb_id(path: Path) -> str:
-    """A W&B run id from the run folder's name: the same folder, the same W&B run."""
-    return re.sub(r"[^a-zA-Z0-9_-]", "-", f"{path.parent.name}-{path.name}")[:64]
+    """A W&B run id from the run folder: the same folder, the same W&B run. The folder's own
+    name (timestamp and random suffix) comes whole; the recipe's name fills what is left of
+    W&B's 64 characters."""
+    own, name = (re.sub(r"[^a-zA-Z0-9_-]", "-", p.name) for p in (path, path.parent))
+    return f"{own}-{name}"[:64]
 
 
 class Tracker:
@@ -45,7 +48,10 @@ class Tracker:
                 "or remove run.wandb"
             ) from None
         self.wandb, self.path = wandb, path
-        mode = os.environ.get("WANDB_MODE") or section.mode  # WANDB_MODE=offline keeps it local
+        # the environment may keep a run local (WANDB_MODE=offline or disabled), never
+        # send one the recipe keeps offline
+        wanted = os.environ.get("WANDB_MODE")
+        mode = wanted if wanted in ("offline", "disabled") else section.mode
         self.run = wandb.init(
             project=section.project,
             entity=section.entity,
@@ -53,6 +59,7 @@ class Tracker:
             id=wandb_id(path),
             name=path.name,
             resume="allow",
+            reinit="create_new",  # never hand back, or close, a W&B run the user has open
             dir=str(path),
             config=json.loads((path / "resolved.json").read_text(encoding="utf-8")),
             settings=wandb.Settings(
@@ -78,10 +85,12 @@ class Tracker:
     def finish(self, manifest: dict, failed: bool = False) -> None:
         """Summary, artifact and heatmaps of a finished run; a failed or stopped run is
         marked so and left for `--resume` to continue."""
-        if not failed:
-            self.run.summary.update(summary_of(self.path, manifest))
-            self._log_files()
-        self.run.finish(exit_code=1 if failed else 0)
+        try:
+            if not failed:
+                self.run.summary.update(summary_of(self.path, manifest))
+                self._log_files()
+        finally:  # whatever failed above, the W&B run is closed
+            self.run.finish(exit_code=1 if failed else 0)
 
     def _log_files(self) -> None:
         wandb = self.wandb

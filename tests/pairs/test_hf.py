@@ -63,5 +63,7 @@ def test_a_hub_id_missing_from_the_cache_says_what_to_download(tmp_path, monkeyp
     with pytest.raises(PairsError) as err:
         load_pair_set("gsm8k", tmp_path, None, "openai/gsm8k:main")
     message = str(err.value)
-    assert "openai/gsm8k:main: not in the local Hugging Face cache" in message
+    assert "openai/gsm8k:main: no such file or folder, and not in the local Hugging Face" in message
+    with pytest.raises(PairsError, match=r"is neither a file \(looked at .*test\.json\)"):
+        load_pair_set("gsm8k", tmp_path, None, "data/test.json")  # a typo, not a hub id
     assert "datasets.load_dataset('openai/gsm8k', 'main')" in message and "\n" not in message

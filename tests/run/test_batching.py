@@ -162,3 +162,27 @@ def test_every_recipe_runs_with_an_automatic_batch(tmp_path, recipe):
     finished = execute(prepare(recipe, overrides, limit=3))
     manifest = json.loads((finished.path / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["batch"]["size"] >= 1
+
+
+def test_a_run_started_before_batch_sizes_were_recorded_resumes_with_its_recipes(tmp_path):
+    recipe = _recipe(tmp_path, batch_size=2)
+    expected = pl.read_parquet(execute(prepare(recipe)).path / "results.parquet")
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        execute(prepare(recipe), progress=lambda total: _raise_after(3))
+    run_dir = stopped.value.run_dir
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    del manifest["batch"]  # as an older nnpatch wrote it
+    resumed = execute(prepare(recipe), resume=(run_dir, manifest))
+    assert json.loads((resumed.path / "manifest.json").read_text())["batch"]["size"] == 2
+    assert pl.read_parquet(resumed.path / "results.parquet").equals(expected)
+
+
+def _raise_after(batches: int):
+    seen = []
+
+    def tick(n):
+        seen.append(n)
+        if len(seen) > batches:
+            raise KeyboardInterrupt
+
+    return tick

@@ -145,3 +145,15 @@ def test_a_wandb_failure_after_the_tables_is_recorded_not_raised(tmp_path, offli
     manifest = json.loads((finished.path / "manifest.json").read_text())
     assert manifest["status"] == "finished" and "the upload broke" in manifest["wandb"]["error"]
     assert finished.warnings and "the run folder holds them" in finished.warnings[0]
+
+
+def test_the_wandb_id_keeps_the_folders_name_whole_and_the_environment_never_uploads(
+    tmp_path, offline, monkeypatch
+):
+    from nnpatch.run.tracking import wandb_id
+
+    folder = tmp_path / ("n" * 100) / "20261202T140438Z_38b9cd"
+    assert wandb_id(folder).startswith("20261202T140438Z_38b9cd-") and len(wandb_id(folder)) == 64
+    monkeypatch.setenv("WANDB_MODE", "online")  # the recipe says offline: it stays offline
+    finished = execute(prepare(_recipe(tmp_path, report="none")))
+    assert json.loads((finished.path / "manifest.json").read_text())["wandb"]["mode"] == "offline"

@@ -56,6 +56,7 @@ class Sweep:
     store: ShardStore
     progress: Callable[[int], Tick]  # total rows → a tick per batch done
     groups: dict = field(default_factory=dict)  # (site, direction) → (Engine, Baselines)
+    baseline_chunk: int | None = None  # pairs per baseline trace (default: half a batch)
 
     def group(
         self, site: str, direction: str, cells: list, both_runs: bool
@@ -68,7 +69,7 @@ class Sweep:
             engine = Engine(
                 self.model, site, direction, self.engine.metric_names, self.engine.remote
             )
-            chunk = max(1, self.recipe.run.batch_size // 2)
+            chunk = self.baseline_chunk or max(1, self.recipe.run.batch_size // 2)
             base = engine.baselines(self.pairs, self.answers, cells, chunk, both_runs)
             self.groups[(site, direction)] = (engine, base)
         return self.groups[(site, direction)]
@@ -173,6 +174,11 @@ class Mode:
         """The engine whose rows `batch_size = "auto"` measures (the mode's own, where its
         rows run through another)."""
         return engine
+
+    def probe_rows(self, plan: list[PatchSpec], pairs: int, count: int) -> list[Row]:
+        """`count` rows like the run's, for the probe: its first cell (the earliest, so
+        the most of the loop is recomputed) on successive pairs."""
+        return [(plan[0], i % pairs, i % pairs) for i in range(count)]
 
     def needs_both_runs(self, recipe: Recipe) -> bool:
         """Whether the baseline pass must record both runs' activations, not the donor's."""

@@ -108,6 +108,14 @@ class Mediation(Mode):
             ]
         return []
 
+    def probe_engine(self, engine: Engine) -> Engine:
+        return MediationEngine(engine)
+
+    def probe_rows(self, plan, pairs: int, count: int) -> list:
+        """The three effects in turn: indirect rows cost a second traced forward."""
+        effects = [replace(plan[0], effect=EFFECTS[i % len(EFFECTS)]) for i in range(count)]
+        return [(spec, i % pairs, i % pairs) for i, spec in enumerate(effects)]
+
     def compute(self, sweep: Sweep) -> Computed:
         clock = time.perf_counter()
         patch, pairs = sweep.recipe.patch, len(sweep.pairs)

@@ -67,3 +67,29 @@ def test_a_hub_id_missing_from_the_cache_says_what_to_download(tmp_path, monkeyp
     with pytest.raises(PairsError, match=r"is neither a file \(looked at .*test\.json\)"):
         load_pair_set("gsm8k", tmp_path, None, "data/test.json")  # a typo, not a hub id
     assert "datasets.load_dataset('openai/gsm8k', 'main')" in message and "\n" not in message
+
+
+def _hub_cache(tmp_path, rows: list[dict]):
+    """A local Hugging Face cache holding openai/gsm8k's "main" config, laid out as a download
+    leaves it (<namespace>___<name>/<config>/<version>/<hash>/<name>-<split>.arrow and its
+    dataset_info.json), built here by datasets' own JSON builder and moved into place."""
+    source = tmp_path / "gsm8k-test.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = tmp_path / "cache"
+    datasets.load_dataset("json", data_files={"test": str(source)}, cache_dir=str(cache))
+    (built,) = [p for p in cache.glob("json/*/0.0.0/*") if p.is_dir()]
+    target = cache / "openai___gsm8k" / "main" / "0.0.0" / built.name
+    target.mkdir(parents=True)
+    (built / "json-test.arrow").rename(target / "gsm8k-test.arrow")
+    info = json.loads((built / "dataset_info.json").read_text())
+    info.update(builder_name="gsm8k", config_name="main", dataset_name="gsm8k")
+    (target / "dataset_info.json").write_text(json.dumps(info))
+    return cache
+
+
+def test_a_cached_hub_id_reads_as_its_jsonl(tmp_path, monkeypatch):
+    rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[:60]]
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(_hub_cache(tmp_path, rows)))
+    expected, _ = load_pair_set("gsm8k", tmp_path, 6, str(GSM8K))
+    cached, counts = load_pair_set("gsm8k", tmp_path, 6, "openai/gsm8k:main")
+    assert cached == expected and counts["kept"] == 6

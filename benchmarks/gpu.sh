@@ -2,7 +2,8 @@
 # The README's GPU figures in one call: sweep.py at tiny shape in float32 (its agreement line
 # checks the engine against the per-patch loop on CUDA), then the original experiment's sweep
 # (57 pairs x 16 layers x 6 thoughts, llama-1b shape, bfloat16, GSM8K-length questions) at
-# several batch sizes (each the median of 3 runs). Logs go to $OUT or outputs/gpu.
+# several batch sizes (each the median of 3 runs); then attribution's speed-up and the scale
+# study (every usable GSM8K pair) at llama-1b shape. Logs go to $OUT or outputs/gpu.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 out="${OUT:-outputs/gpu}"
@@ -23,10 +24,11 @@ python3 - <<'PY'  # attribution in bfloat16 on CUDA: gradients through the answe
 import sys, torch
 sys.path.insert(0, "benchmarks")
 from sweep import build, tiny_arithmetic
-from nnpatch.attribution import estimate
-from nnpatch.engine import Engine
-from nnpatch.plan import PatchSpec
-model = build("tiny", 6, "cuda", torch.bfloat16)
+from nnpatch.engine.gradients import estimate
+from nnpatch.engine.plan import PatchSpec
+from nnpatch.engine.trace import Engine
+device = sys.argv[1] if len(sys.argv) > 1 else "cuda"
+model = build("tiny", 6, device, torch.bfloat16)
 pairs = tiny_arithmetic(count=8)
 specs = [PatchSpec(layer, (str(t),)) for layer in range(model.num_layers) for t in range(6)]
 engine = Engine(model, "resid", "denoise", ["logit_diff"])
@@ -40,3 +42,7 @@ python3 benchmarks/sweep.py --shape tiny --device cuda --batch-size 64,512 2>&1 
 python3 benchmarks/sweep.py --shape llama-1b --device cuda --dtype bfloat16 --pairs 57 \
   --thoughts 6 --question-tokens 64 --batch-size 912,2736,5472 "$@" 2>&1 |
   grep -v Warning | tee "$out/llama-1b.txt"
+python3 benchmarks/attribution.py --shape llama-1b --device cuda --dtype bfloat16 --pairs 16 \
+  --ig-steps 5 2>&1 | grep -v Warning | head -6 | tee "$out/attribution-llama-1b.txt"
+python3 benchmarks/scale.py --shape llama-1b --device cuda --dtype bfloat16 2>&1 |
+  grep -v Warning | tee "$out/scale-llama-1b.txt"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,29 +39,15 @@ def run(
     from nnpatch.report.load import load_run
     from nnpatch.run.execute import execute
     from nnpatch.run.prepare import prepare
+    from nnpatch.run.progress import progress_bar
 
     dotted = {**(overrides or {}), **{key.replace("__", "."): v for key, v in fields.items()}}
     items = [f"{key}={toml_literal(value)}" for key, value in dotted.items()]
     prep = prepare(recipe_path(recipe), items, limit, out)
-    finished = execute(prep, progress=_bar if progress else None)
+    finished = execute(prep, progress=progress_bar if progress else None)
     for warning in finished.warnings:
         warnings.warn(warning, stacklevel=2)
     return load_run(finished.path)
-
-
-def _bar(total: int):
-    """The CLI's progress bar; in a notebook (no terminal), tqdm's notebook bar, shown."""
-    from tqdm.auto import tqdm
-
-    shown = False if "ipykernel" in sys.modules else None  # None: only on a terminal
-    bar = tqdm(total=total, desc="patching", unit="row", file=sys.stderr, disable=shown)
-
-    def tick(n: int) -> None:
-        bar.update(n)
-        if bar.n >= total:
-            bar.close()
-
-    return tick
 
 
 def recipe_path(recipe: str | Path | Recipe) -> Path:

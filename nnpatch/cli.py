@@ -10,6 +10,7 @@ import click
 
 from nnpatch import __version__
 from nnpatch.errors import NnpatchError, Terminated
+from nnpatch.run.progress import progress_bar as _progress  # tests stand in for it here
 
 SET_OPTION = click.option(
     "--set",
@@ -314,19 +315,6 @@ def pairs_gsm8k(input_path: str, out_path: str, out_format: str, n: int | None, 
         else:
             write_pairs_jsonl(records, out_path)
         click.echo(f"{out_path}: {len(records)} pairs; {describe_counts(counts)}")
-
-
-def _progress(total: int):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="patching", unit="row", file=sys.stderr, disable=None)
-
-    def tick(n: int) -> None:
-        bar.update(n)
-        if bar.n >= total:
-            bar.close()
-
-    return tick
 
 
 @contextmanager

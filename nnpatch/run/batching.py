@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,12 +115,14 @@ class Meter:
     def in_use(self) -> int:
         raise NotImplementedError
 
-    def peak(self):
+    def peak(self) -> AbstractContextManager[Peak]:
+        """A block whose `Peak` holds, once it ends, the most memory it added."""
         raise NotImplementedError
 
 
-class _Peak:
-    bytes = 0
+@dataclass
+class Peak:
+    bytes: int = 0
 
 
 class CudaMeter(Meter):
@@ -128,21 +132,16 @@ class CudaMeter(Meter):
     def in_use(self) -> int:
         return torch.cuda.memory_allocated(self.device)
 
-    def peak(self):
-        meter = self
-
-        class Block(_Peak):
-            def __enter__(self):
-                torch.cuda.synchronize(meter.device)
-                torch.cuda.reset_peak_memory_stats(meter.device)
-                self.start = meter.in_use()
-                return self
-
-            def __exit__(self, *exc):
-                torch.cuda.synchronize(meter.device)
-                self.bytes = torch.cuda.max_memory_allocated(meter.device) - self.start
-
-        return Block()
+    @contextmanager
+    def peak(self) -> Iterator[Peak]:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        start, found = self.in_use(), Peak()
+        try:
+            yield found
+        finally:
+            torch.cuda.synchronize(self.device)
+            found.bytes = torch.cuda.max_memory_allocated(self.device) - start
 
 
 class RssMeter(Meter):
@@ -154,26 +153,23 @@ class RssMeter(Meter):
     def in_use(self) -> int:
         return int(Path("/proc/self/statm").read_text().split()[1]) * self.PAGE
 
-    def peak(self):
-        meter = self
+    @contextmanager
+    def peak(self) -> Iterator[Peak]:
+        start = high = self.in_use()
+        done = threading.Event()
 
-        class Block(_Peak):
-            def __enter__(self):
-                self.start = self.high = meter.in_use()
-                self.done = threading.Event()
-                self.thread = threading.Thread(target=self._sample, daemon=True)
-                self.thread.start()
-                return self
+        def sample() -> None:
+            nonlocal high
+            while not done.is_set():
+                high = max(high, self.in_use())
+                time.sleep(0.001)
 
-            def _sample(self):
-                while not self.done.is_set():
-                    self.high = max(self.high, meter.in_use())
-                    time.sleep(0.001)
-
-            def __exit__(self, *exc):
-                self.done.set()
-                self.thread.join()
-                self.high = max(self.high, meter.in_use())
-                self.bytes = self.high - self.start
-
-        return Block()
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        found = Peak()
+        try:
+            yield found
+        finally:
+            done.set()
+            thread.join()
+            found.bytes = max(high, self.in_use()) - start

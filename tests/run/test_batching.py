@@ -4,6 +4,7 @@ never a change to any row."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import polars as pl
 import pytest
@@ -27,17 +28,11 @@ class FakeMeter(batching.Meter):
     def in_use(self) -> int:
         return self.used
 
+    @contextmanager
     def peak(self):
-        meter = self
-
-        class Block(batching._Peak):
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                self.bytes = meter.fixed + meter.per_row * meter.rows
-
-        return Block()
+        found = batching.Peak()
+        yield found
+        found.bytes = self.fixed + self.per_row * self.rows
 
     def counting(self, prep) -> None:
         patch = prep.engine.patch

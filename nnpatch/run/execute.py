@@ -91,19 +91,15 @@ def execute(
         }
     except BaseException as err:
         ended = _ended(path, manifest, err)
-        if tracker is not None:
-            with contextlib.suppress(Exception):  # the W&B run says it failed; resume continues it
-                tracker.finish(manifest, failed=True)
+        _close_stopped(tracker, manifest)
         if ended is err:
             raise
         raise ended from None
     manifest.update(status="finished", ended=folder.now(), **done)
     try:
         finished.report = _report(path, manifest, prep.recipe.run.report)
-    except BaseException:  # Ctrl-C in the report: the W&B run is closed as stopped
-        if tracker is not None:
-            with contextlib.suppress(Exception):
-                tracker.finish(manifest, failed=True)
+    except BaseException:  # Ctrl-C in the report
+        _close_stopped(tracker, manifest)
         raise
     finished.timings["report_s"] = manifest["report_s"]
     if tracker is not None:
@@ -124,6 +120,13 @@ def start_tracking(section, path: Path, manifest: dict):
             f"run.wandb: W&B could not start ({_one_line(err)}); run `wandb login`, or set "
             'run.wandb.mode = "offline" (WANDB_MODE=offline for a run to resume)'
         ) from None
+
+
+def _close_stopped(tracker, manifest: dict) -> None:
+    """A W&B run whose nnpatch run stopped says it failed; --resume continues it."""
+    if tracker is not None:
+        with contextlib.suppress(Exception):
+            tracker.finish(manifest, failed=True)
 
 
 def _finish_tracking(tracker, path: Path, manifest: dict, finished: Finished) -> None:
@@ -198,8 +201,7 @@ def _report(path: Path, manifest: dict, what: str) -> dict:
         raise
     except Exception as err:  # noqa: BLE001 - the sweep's tables are whole whatever failed here
         report = {"error": _one_line(err)}
-    seconds = time.perf_counter() - clock
-    manifest.update(report=report, report_s=seconds)
+    manifest.update(report=report, report_s=time.perf_counter() - clock)
     folder.write_manifest(path / "manifest.json", manifest)
     return report
 

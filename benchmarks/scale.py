@@ -25,21 +25,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import SHAPES, _peak_memory, _reset, _sync, build  # noqa: E402
+from sweep import SHAPES, _peak_memory, _reset, build  # noqa: E402
 
-from nnpatch.engine.modes import Sweep, mode_for  # noqa: E402
+from nnpatch.engine.modes import mode_for  # noqa: E402
 from nnpatch.engine.trace import Engine  # noqa: E402
 from nnpatch.pairs import load_pair_set  # noqa: E402
 from nnpatch.recipe import read_recipe  # noqa: E402
-from nnpatch.run import batching  # noqa: E402
-from nnpatch.run.shards import ShardStore  # noqa: E402
+from nnpatch.run.execute import _sweep  # noqa: E402
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 METRICS = ["logit_diff", "recovery", "kl_to_clean"]
 
 
 class Bench:
-    """What `prepare` would hand `execute`, for a model built here rather than from a recipe."""
+    """What `prepare` would hand `execute`, for a model built here rather than from a recipe
+    (with a recipe for the rest of the run)."""
 
     def __init__(self, model, pairs, patch: str, run: str, folder: Path):
         path = folder / f"recipe-{time.monotonic_ns()}.toml"
@@ -58,44 +58,18 @@ class Bench:
         self.folder = folder
 
     def run(self) -> tuple[int, float, str]:
-        """Rows, seconds (baselines, batch choice and rows) and how the batch was chosen."""
-        recipe, mode = self.recipe, self.mode
-        _sync(str(self.model.device))
-        start = time.perf_counter()
-        chunk = max(1, batching.fixed(recipe.run.batch_size) // 2)
-        base = self.engine.baselines(
-            self.pairs, self.answers, mode.cells(self.plan), chunk, mode.needs_both_runs(recipe)
-        )
-        planned = mode.row_count(recipe, self.model.shape, self.plan, len(self.pairs))
-        baseline_peak = _gpu_peak(self.model.device)  # choose() resets CUDA's peak counter
-        chosen = batching.choose(self, base, planned)
-        run = recipe.run.model_copy(update={"batch_size": chosen.size})
-        self.recipe = recipe.model_copy(update={"run": run})
-        store = ShardStore(Path(tempfile.mkdtemp(dir=self.folder)))
-        sweep = Sweep(
-            self.recipe,
-            self.model,
-            self.pairs,
-            self.answers,
-            self.engine,
-            self.plan,
-            base,
-            store,
-            lambda total: lambda n: None,
-        )
-        computed = mode.compute(sweep)
-        _sync(str(self.model.device))
-        self.gpu_peak = max(baseline_peak, _gpu_peak(self.model.device))
-        return computed.results.height, time.perf_counter() - start, chosen.how
+        """Rows, seconds (baselines, batch choice and rows) and how the batch was chosen,
+        through the run's own stages (`execute._sweep`, which also writes the tables)."""
+        manifest: dict = {}
+        finished = _sweep(self, Path(tempfile.mkdtemp(dir=self.folder)), None, manifest)
+        timings = finished.timings
+        seconds = timings["baselines_s"] + timings["batch_size_s"] + timings["patch_s"]
+        return finished.results.height, seconds, manifest["batch"]["how"]
 
 
-def _gpu_peak(device: torch.device) -> int:
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-
-
-def _peak(device: str, bench: Bench) -> str:
-    if device.startswith("cuda"):
-        return f"{bench.gpu_peak / 2**30:.2f} GiB (GPU, this part)"
+def _peak(device: str) -> str:
+    if device.startswith("cuda"):  # the batch-size probe resets CUDA's peak: the rows' peak
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (GPU, the rows)"
     return _peak_memory(device)
 
 
@@ -151,11 +125,10 @@ def main() -> None:
         for name in args.parts.split(","):
             patch, some = parts[name]
             _reset(args.device)
-            bench = Bench(model, some, patch, run, Path(folder))
-            rows, seconds, how = bench.run()
+            rows, seconds, how = Bench(model, some, patch, run, Path(folder)).run()
             print(
                 f"{name:<10} {len(some):>6} {rows:>9,} {seconds:>9.1f} {rows / seconds:>9.0f}  "
-                f"{_peak(args.device, bench)}; {how}"
+                f"{_peak(args.device)}; {how}"
             )
 
 

@@ -8,10 +8,10 @@ position, three sites, both directions; then the other modes, each with its rows
 A random-weight CODI model of the shape (6 thoughts, as CODI-LLaMA; positions bot, 0..5,
 eot), pairs generated from ../shared/data/gsm8k/test.jsonl and the tiny word tokenizer (an
 unknown word is one token, so questions are about as long as in words). The study runs
-through the modes' own code (`Mode.compute` over a `Sweep`, shards included): single mode,
-sites resid, attn and mlp, denoise and noise. Then lens, mediation, subsets (3 thoughts) and
-heads on `--mode-pairs` pairs. Per part: rows, wall seconds, rows/s, peak memory, and the
-batch size `auto` chose.
+through the run's own stages (`execute._sweep`: baselines, batch size, shards, tables):
+single mode, sites resid, attn and mlp, denoise and noise. Then lens, mediation, subsets
+(3 thoughts) and heads on `--mode-pairs` pairs. Per part: rows, seconds (baselines, batch
+choice and rows), rows/s, peak memory, and the batch size `auto` chose.
 """
 
 from __future__ import annotations

@@ -340,12 +340,24 @@ def _stop_signals():
 
 class _errors:
     """Turn nnpatch errors and refused file operations into one `Error:` line on stderr and
-    exit code 2; Ctrl-C into 130 and stop signals into 128 + the signal's number."""
+    exit code 2; Ctrl-C into 130 and stop signals into 128 + the signal's number. Other
+    libraries' warnings are held back meanwhile: dropped when the command fails, shown once
+    each (a `warning:` line naming the library) when it succeeds."""
 
     def __enter__(self) -> None:
+        from nnpatch.held_back import held_back
+
+        self._holding = held_back()
+        self._held = self._holding.__enter__()
         return None
 
     def __exit__(self, kind, err, tb) -> bool:
+        from nnpatch.held_back import shown
+
+        self._holding.__exit__(None, None, None)
+        if err is None:
+            for line in shown(self._held):
+                click.echo(f"warning: {line}", err=True)
         if isinstance(err, NnpatchError):
             click.echo(f"Error: {err}", err=True)
             sys.exit(err.exit_code)

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
 # strict scalars: `num_thoughts = true` or `batch_size = 2.0` is an error, not 1 or 2
 Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]
+Float = Annotated[float, Strict()]  # finite: every Section refuses nan and inf
+# numpy and torch take non-negative seeds only
+Seed = Annotated[Int, Field(ge=0)]
+# text that names something (a file, a folder, a hub id, a W&B project): never empty;
+# `format` tells tools that read the schema (the tests' fuzzer) what the text is
+Text = Annotated[str, Field(min_length=1)]
+PathText = Annotated[str, Field(min_length=1, json_schema_extra={"format": "path"})]
 Position = Int | Literal["bot", "eot"]
 PositionList = list[Annotated[Position, Field(union_mode="left_to_right")]]
 Positions = Literal["all"] | PositionList
@@ -19,10 +25,26 @@ Positions = Literal["all"] | PositionList
 class Section(BaseModel):
     """A recipe table: unknown keys are errors, and nothing changes once validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-Layers = Literal["all"] | Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)]
+Layer = Annotated[Int, Field(ge=0)]
+Layers = Literal["all"] | Annotated[list[Layer], Field(min_length=1)]
+
+
+def _ascending(values: list[int]) -> list[int]:
+    if any(later == earlier for earlier, later in zip(values, values[1:], strict=False)):
+        raise ValueError("a layer is listed twice; list each once")
+    if any(later < earlier for earlier, later in zip(values, values[1:], strict=False)):
+        raise ValueError(
+            "the layers are not in ascending order; write a window from its first layer to "
+            f"its last, e.g. {sorted(set(values))}"
+        )
+    return values
+
+
+# a window of layers, e.g. [0, 1, 2]: ascending, so what it covers is what it says
+Window = Annotated[list[Layer], Field(min_length=1), AfterValidator(_ascending)]
 
 
 class PatchCommon(Section):

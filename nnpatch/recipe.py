@@ -19,18 +19,21 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from nnpatch.engine.metrics import METRICS
 from nnpatch.engine.modes import MODES, SECTIONS
 from nnpatch.errors import RecipeError
-from nnpatch.fields import Float, Int, Section
+from nnpatch.fields import Float, Int, PathText, Section, Seed, Text
+from nnpatch.models.presets import PRESETS
+from nnpatch.pairs.builtin import BUILTIN as BUILTIN_SETS
+from nnpatch.pairs.loaders import GENERATORS
 from nnpatch.sizes import parse_size
 
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 class ModelSection(Section):
-    preset: str | None = None
+    preset: str | None = Field(default=None, json_schema_extra={"examples": list(PRESETS)})
     kind: Literal["codi", "coconut", "causal_lm"] | None = None
-    checkpoint: str | None = None
-    base: str | None = None
-    revision: str | None = None
+    checkpoint: PathText | None = None  # a folder, or a Hugging Face hub id
+    base: PathText | None = None
+    revision: Text | None = None
     num_thoughts: Int | None = Field(default=None, ge=1, le=64)
     prj_dim: Int | None = Field(default=None, ge=1)
     lora_r: Int | None = Field(default=None, ge=1)
@@ -69,11 +72,25 @@ KIND_FIELDS = {
 
 
 class DataSection(Section):
-    pairs: str = Field(min_length=1)  # a JSONL file, a built-in set, or a generator ("gsm8k")
-    source: str | None = None  # the generator's input file (gsm8k: a GSM8K JSONL file)
-    seed: Int = 0  # the generator's seed
-    span_markers: tuple[str, str] = ("[[", "]]")  # causal_lm: the patched span in each prompt
+    # a JSONL file, a built-in set, or a generator ("gsm8k")
+    pairs: PathText = Field(json_schema_extra={"examples": [*BUILTIN_SETS, *GENERATORS]})
+    source: PathText | None = None  # the generator's input file (gsm8k: a GSM8K JSONL file)
+    seed: Seed = 0  # the generator's seed
+    span_markers: tuple[Text, Text] = ("[[", "]]")  # causal_lm: the patched span in each prompt
     limit: Int | None = Field(default=None, ge=1)
+
+    @field_validator("span_markers")
+    @classmethod
+    def _distinct_markers(cls, markers: tuple[str, str]) -> tuple[str, str]:
+        opening, closing = markers
+        if opening in closing or closing in opening:
+            raise ValueError(
+                f"the opening and closing markers {opening!r} and {closing!r} overlap, so a "
+                "span's end cannot be told from its start; use two different markers such as "
+                '["[[", "]]"]'
+            )
+        return markers
+
     # both-correct: keep pairs the model answers right on both sides (greedy, real loop)
     filter: Literal["none", "both-correct"] = "none"
 
@@ -83,7 +100,9 @@ Patch = Annotated[Union[SECTIONS], Field(discriminator="mode")]  # noqa: UP007
 
 
 class MetricsSection(Section):
-    names: list[str] = Field(default_factory=lambda: list(METRICS), min_length=1)
+    names: list[Annotated[str, Field(json_schema_extra={"examples": list(METRICS)})]] = Field(
+        default_factory=lambda: list(METRICS), min_length=1
+    )
 
     @field_validator("names")
     @classmethod
@@ -100,8 +119,8 @@ class MetricsSection(Section):
 
 
 class WandbSection(Section):
-    project: str = Field(min_length=1)
-    entity: str | None = None
+    project: Text
+    entity: Text | None = None
     # offline: files in the run folder's wandb/, `wandb sync` uploads them later
     mode: Literal["online", "offline"] = "online"
 
@@ -112,8 +131,8 @@ class RunSection(Section):
     # the memory budget "auto" fills, e.g. "40GiB" (default: 90% of the free GPU memory,
     # half the machine's available memory on the CPU)
     max_memory: int | str | None = None
-    output: str = Field(default="outputs", min_length=1)
-    seed: Int = 0
+    output: PathText = "outputs"
+    seed: Seed = 0
     # full: report.html and every chart as HTML and PNG; html: no PNGs; none: tables only
     # (`nnpatch report RUN_DIR` draws the report later)
     report: Literal["full", "html", "none"] = "full"

@@ -24,9 +24,12 @@ def parse_size(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     match = SIZE.fullmatch(value) if isinstance(value, str) else None
-    if match is None or match.group(2).upper() not in UNITS or float(match.group(1)) <= 0:
+    if match is None or match.group(2).upper() not in UNITS:
         raise ValueError("write a size such as 2GiB, 512MiB, 1.5GB or a number of bytes")
-    return int(float(match.group(1)) * UNITS[match.group(2).upper()])
+    size = int(float(match.group(1)) * UNITS[match.group(2).upper()])
+    if size < 1:  # "0", "0.4B": less than one byte
+        raise ValueError("write a size such as 2GiB, 512MiB, 1.5GB or a number of bytes")
+    return size
 
 
 def shown(size: int) -> str:

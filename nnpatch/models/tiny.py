@@ -49,16 +49,23 @@ def tiny_lm(family: str, vocab: int, num_layers: int, **extra) -> PreTrainedMode
     return GPT2LMHeadModel(config)
 
 
+def special_ids(tokenizer) -> dict[str, int]:
+    """The config's bos and eos ids from the tokenizer (the configs' defaults, 50256 for
+    GPT-2, lie outside a tiny vocabulary)."""
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+
+
 def tiny_random_codi(family: str = "llama", num_thoughts: int = 6) -> ThoughtModel:
     """A small random-weight CODI model: 4 layers (Llama) or 3 (GPT-2), d = 64."""
     tokenizer = build_tiny_tokenizer()
     vocab = len(tokenizer)  # CODI ids: pad = V, bot = V + 1, eot = V + 2
+    ids = special_ids(tokenizer)
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         if family == "llama":
-            lm = tiny_lm("llama", vocab + 3, 4, tie_word_embeddings=False)
+            lm = tiny_lm("llama", vocab + 3, 4, tie_word_embeddings=False, **ids)
         else:
-            lm = tiny_lm("gpt2", vocab + 3, 3)
+            lm = tiny_lm("gpt2", vocab + 3, 3, **ids)
         prj = Projection(64, 64)
     module = CodiModel(lm, prj, num_thoughts, bot_id=vocab + 1, eot_id=vocab + 2, pad_id=vocab)
     name = "tiny-random-codi" if family == "llama" else "tiny-random-codi-gpt2"
@@ -68,7 +75,7 @@ def tiny_random_codi(family: str = "llama", num_thoughts: int = 6) -> ThoughtMod
 def tiny_random_lm(family: str = "gpt2", answer_prefix: str | None = None) -> CausalLM:
     """A small random-weight plain causal LM with the tiny tokenizer (tests, smoke runs)."""
     tokenizer = build_tiny_tokenizer()
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    ids = special_ids(tokenizer)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         lm = tiny_lm(family, len(tokenizer), 3, **ids)

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from nnpatch.engine.modes import mode_for
 from nnpatch.errors import NnpatchError
 from nnpatch.report import charts
+from nnpatch.report.facts import html_table
 from nnpatch.report.load import load_run
-from nnpatch.report.page import BUNDLE, draw_charts, html_table, vega_bundle
+from nnpatch.report.page import BUNDLE, draw_charts, vega_bundle
 from nnpatch.report.stats import MIN_PAIRS, RESAMPLES, bootstrap_ci, excludes_zero, generator
 from nnpatch.run.folder import write_table, write_text
 
@@ -32,6 +34,14 @@ def compare_runs(a: str | Path, b: str | Path, out: str | Path, seed: int = 0) -
             "choose another --out"
         )
     run_a, run_b = load_run(a), load_run(b)
+    for run in (run_a, run_b):
+        mode = run.resolved["patch"]["mode"]
+        why = mode_for(mode).compare_refusal
+        if why is not None:
+            raise NnpatchError(
+                f"{run.path}: a {mode} run cannot be compared ({why}); compare two runs of "
+                "the modes that patch"
+            )
     metrics = [m for m in run_a.metrics if m in run_b.metrics]
     keyed = [_real_rows(run_a), _real_rows(run_b)]
     # site `thought` has no layers: its cells stand against every layer of the other run

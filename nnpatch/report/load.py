@@ -63,7 +63,7 @@ class Run:
         if not file.is_file():
             have = sorted(p.stem for p in self.path.glob("*.parquet"))
             raise RunFolderError(f"{self.path}: no table {name!r}; it has {', '.join(have)}")
-        return pl.read_parquet(file)
+        return _read(file, pl.read_parquet)
 
     def _repr_html_(self) -> str:
         """Jupyter's view: the facts, the key table and the lead metric's heatmap."""
@@ -85,23 +85,43 @@ def load_run(path: str | Path, manifest: dict | None = None) -> Run:
     for name in RUN_FILES:
         if not (path / name).is_file():
             raise RunFolderError(f"{path}: not a finished run folder ({name} is missing)")
-    try:
-        resolved = json.loads((path / "resolved.json").read_text(encoding="utf-8"))
-        tables = [
-            pl.read_parquet(path / f"{name}.parquet")
-            for name in ("results", "baselines", "summary")
-        ]
-        recipe_text = (path / "recipe.toml").read_text(encoding="utf-8")
-    except (OSError, ValueError, pl.exceptions.PolarsError) as err:
-        why = describe_error(err)
-        raise RunFolderError(
-            f"{path}: a file of the run is unreadable ({why}); the folder is damaged"
-        ) from None
-    if not isinstance(resolved, dict) or not {"name", "patch", "metrics", "resolved"} <= set(
-        resolved
-    ):
+    resolved = _read(path / "resolved.json", lambda f: json.loads(f.read_text(encoding="utf-8")))
+    tables = [
+        _read(path / f"{name}.parquet", pl.read_parquet)
+        for name in ("results", "baselines", "summary")
+    ]
+    recipe_text = _read(path / "recipe.toml", lambda f: f.read_text(encoding="utf-8"))
+    if not _resolved_recipe(resolved):
         raise RunFolderError(f"{path}/resolved.json: not the resolved recipe nnpatch writes")
     return Run(path, *tables, manifest, resolved, recipe_text)
+
+
+def _resolved_recipe(resolved: object) -> bool:
+    """Whether resolved.json holds what the report reads of it: a known mode, the metric
+    names and the model's positions."""
+    from nnpatch.engine.modes import MODES
+
+    try:
+        mode = resolved["patch"]["mode"]
+        return (
+            isinstance(resolved["name"], str)
+            and isinstance(mode, str)
+            and mode in MODES  # a registered mode, looked up
+            and all(isinstance(m, str) for m in resolved["metrics"]["names"])
+            and all(isinstance(p, str) for p in resolved["resolved"]["model"]["positions"])
+        )
+    except (KeyError, TypeError):
+        return False
+
+
+def _read(file: Path, read):
+    """`read(file)`, or one line naming the file when it cannot be read."""
+    try:
+        return read(file)
+    except (OSError, ValueError, pl.exceptions.PolarsError) as err:
+        raise RunFolderError(
+            f"{file}: unreadable ({describe_error(err)}); the run folder is damaged"
+        ) from None
 
 
 def describe_error(err: BaseException) -> str:

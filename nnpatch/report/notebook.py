@@ -6,14 +6,14 @@ from __future__ import annotations
 import base64
 import html
 
-from nnpatch.report.page import _facts, _key_table, html_table
+from nnpatch.report.facts import html_table, key_table, run_facts
 
 
 def run_html(run) -> str:
     facts = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _facts(run)
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in run_facts(run)
     )
-    key = _key_table(run)
+    key = key_table(run)
     parts = [
         f"<h3>nnpatch run {html.escape(run.resolved['name'])}</h3>",
         f"<p><code>{html.escape(str(run.path))}</code></p>",

@@ -19,9 +19,8 @@ from pathlib import Path
 
 from nnpatch.engine.modes import mode_for
 from nnpatch.report import charts
+from nnpatch.report.facts import baseline_rows, html_table, key_table, run_facts
 from nnpatch.report.load import Run, describe_error, load_run
-from nnpatch.report.summary import signed
-from nnpatch.report.top import Table
 from nnpatch.run.folder import write_bytes, write_text
 
 TOP = 10
@@ -121,49 +120,6 @@ def draw_charts(
     return specs, notes, written
 
 
-def _key_table(run: Run) -> Table:
-    return mode_for(run.resolved["patch"]["mode"]).key_table(run.summary, run.metrics)
-
-
-def _baseline_rows(run: Run) -> list[list[str]]:
-    base = run.baselines
-    return [
-        [name, signed(base[f"clean_{name}"].mean()), signed(base[f"corrupted_{name}"].mean())]
-        for name in run.metrics
-    ]
-
-
-def html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _facts(run: Run) -> list[tuple[str, str]]:
-    m, patch = run.manifest, run.resolved["patch"]
-    pairs = ", ".join(f"{k} {v}" for k, v in m["pairs"].items())
-    timings = ", ".join(f"{k} {v:.2f}" for k, v in m.get("timings", {}).items())
-    model = m["model"]
-    return [
-        (
-            "model",
-            f"{model['name']} ({model['num_layers']} layers, {model['dtype']}, {model['device']})",
-        ),
-        ("patch", ", ".join(f"{k} {_shown(v)}" for k, v in patch.items())),
-        ("pairs", pairs),
-        ("rows", str(m.get("rows", run.results.height))),
-        ("status", m["status"]),
-        ("timings (s, rows/s)", timings),
-        ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())),
-    ]
-
-
-def _shown(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow:auto}
@@ -174,10 +130,12 @@ dd{margin-left:13em}"""
 def _page(run: Run, specs: dict[str, dict], bundle: str, notes: list[str]) -> str:
     """One self-contained page: the Vega bundle inline, no network needed to render."""
     title = html.escape(f"nnpatch: {run.resolved['name']} ({run.path.name})")
-    facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _facts(run))
+    facts = "".join(
+        f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in run_facts(run)
+    )
     divs = "".join(f'<div class="chart" id="chart-{i}"></div>' for i in range(len(specs)))
     divs += "".join(f'<p class="note">{html.escape(note)}</p>' for note in notes)
-    key = _key_table(run)
+    key = key_table(run)
     embeds = "".join(
         f"vegaEmbed('#chart-{i}', {json.dumps(spec)}, {{actions: false}});"
         for i, spec in enumerate(specs.values())
@@ -187,7 +145,7 @@ def _page(run: Run, specs: dict[str, dict], bundle: str, notes: list[str]) -> st
 <script>{bundle}</script></head><body>
 <h1>{title}</h1><dl>{facts}</dl>
 <h2>Baselines (mean over pairs)</h2>
-{html_table(["metric", "clean", "corrupted"], _baseline_rows(run))}
+{html_table(["metric", "clean", "corrupted"], baseline_rows(run))}
 <h2>{html.escape(key.title)}</h2>
 <p>{html.escape(key.note)}</p>
 {html_table(key.header, key.rows)}
@@ -208,7 +166,7 @@ def _chart_page(stem: str, spec: dict) -> str:
 
 def _markdown(run: Run, notes: list[str]) -> str:
     lines = [f"# {run.resolved['name']} ({run.path.name})", ""]
-    lines += [f"- **{k}**: {v}" for k, v in _facts(run)]
+    lines += [f"- **{k}**: {v}" for k, v in run_facts(run)]
     lines += [
         "",
         "## Baselines (mean over pairs)",
@@ -216,8 +174,8 @@ def _markdown(run: Run, notes: list[str]) -> str:
         "| metric | clean | corrupted |",
         "|---|---|---|",
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in _baseline_rows(run)]
-    key = _key_table(run)
+    lines += ["| " + " | ".join(row) + " |" for row in baseline_rows(run)]
+    key = key_table(run)
     lines += [
         "",
         f"## {key.title}",

@@ -121,6 +121,17 @@ def _check_extras(recipe: Recipe, source: Path) -> None:
             "wandb is not installed",
             "pip install 'nnpatch[wandb]', or remove run.wandb",
         )
+    if recipe.run.wandb is not None:
+        from nnpatch.run.tracking import online_without_login
+
+        if online_without_login(recipe.run.wandb):
+            raise RecipeError(
+                source,
+                "run.wandb.mode",
+                "W&B is online but this machine has no W&B login (no WANDB_API_KEY, no "
+                "entry in ~/.netrc)",
+                'run `wandb login`, or set run.wandb.mode = "offline"',
+            )
 
 
 def _check_row_count(mode: Mode, recipe: Recipe, shape, plan, pairs: int, source) -> None:

@@ -12,9 +12,11 @@ console, requirements) are off, and its files go into the run folder's `wandb/`.
 from __future__ import annotations
 
 import json
+import netrc
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlparse
 
 import polars as pl
 
@@ -26,6 +28,24 @@ TOP = 5
 
 class TrackingError(NnpatchError):
     pass
+
+
+def online_without_login(section) -> bool:
+    """Whether a run would go online with no W&B credentials anywhere W&B looks for them
+    (its key or identity-token variables, the netrc entry `wandb login` writes for its
+    host); wandb.init would then fail, or prompt, after the run folder exists."""
+    wanted = os.environ.get("WANDB_MODE")
+    mode = wanted if wanted in ("offline", "disabled") else section.mode
+    if mode != "online":
+        return False
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return False
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        found = netrc.netrc(os.environ.get("NETRC")).authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):
+        found = None
+    return found is None
 
 
 def wandb_id(path: Path) -> str:

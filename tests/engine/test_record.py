@@ -102,3 +102,65 @@ def test_sizes_read_as_researchers_write_them():
         with pytest.raises(ValueError):
             parse_size(bad)
     assert shown(3 * 1024**3) == "3.0 GiB" and shown(12) == "12 B"
+
+
+# run as `python -c KILLED_EXPORT recipe marker`: `nnpatch record` whose export stops half
+# written (the marker says so) and waits there to be killed
+KILLED_EXPORT = """
+import sys, time
+from pathlib import Path
+import safetensors.torch
+real = safetensors.torch.save_file
+def half_then_wait(tensors, path, *args, **kwargs):
+    real(tensors, path, *args, **kwargs)
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    Path(sys.argv[2]).touch()
+    time.sleep(600)
+safetensors.torch.save_file = half_then_wait
+from nnpatch.cli import main
+sys.argv = ["nnpatch", "record", sys.argv[1]]
+main()
+"""
+
+
+def test_a_record_run_killed_mid_export_resumes_to_the_same_tensors(tmp_path):
+    """SIGKILL while activations.safetensors is half written, then --resume: the export and
+    its index equal an uninterrupted run's, and no temporary file is left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    patch = {"mode": "record", "layers": [0, 2], "positions": ["bot", 0, 2]}
+    killed_dir, whole_dir = tmp_path / "killed", tmp_path / "whole"
+    killed_dir.mkdir()
+    whole_dir.mkdir()
+    recipe = write_recipe(killed_dir, patch=patch)
+    marker = tmp_path / "half-written"
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_EXPORT, str(recipe), str(marker)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the export never started"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    (folder,) = (killed_dir / "outputs" / "test").iterdir()
+    assert not (folder / "activations.safetensors").exists()  # only its temporary, half
+    result = CliRunner().invoke(main, ["run", "--resume", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((folder / "manifest.json").read_text())["status"] == "finished"
+    assert not [p.name for p in folder.rglob("*.tmp")]
+    whole = CliRunner().invoke(main, ["run", str(write_recipe(whole_dir, patch=patch))])
+    assert whole.exit_code == 0, whole.output
+    (reference,) = (whole_dir / "outputs" / "test").iterdir()
+    tensor, index = nnpatch.load_activations(folder)
+    expected, expected_index = nnpatch.load_activations(reference)
+    assert torch.equal(tensor, expected)
+    assert index.equals(expected_index)

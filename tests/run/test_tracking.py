@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import write_recipe
 
-from nnpatch.errors import NnpatchError, RecipeError
+from nnpatch.errors import RecipeError
 from nnpatch.run.execute import execute
 from nnpatch.run.prepare import prepare
 from nnpatch.run.tracking import ARTIFACT_FILES
@@ -118,19 +118,43 @@ def test_wandb_not_installed_is_refused_before_a_folder_is_made(tmp_path, monkey
     assert not (tmp_path / "outputs").exists()
 
 
-def test_online_without_a_login_is_one_line_and_a_failed_folder(tmp_path, monkeypatch):
-    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+def test_online_without_a_login_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """No key, no netrc entry: one line naming the recipe and run.wandb.mode, no folder."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc with a key
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / "wandb"))
     recipe = write_recipe(
         tmp_path, data={"limit": 2}, run={"wandb": {"project": "p", "mode": "online"}}
     )
-    with pytest.raises(NnpatchError, match=r"^run\.wandb: W&B could not start \(") as err:
-        execute(prepare(recipe))
-    assert "\n" not in str(err.value)
-    (manifest,) = (tmp_path / "outputs").glob("*/*/manifest.json")
-    assert json.loads(manifest.read_text())["status"] == "failed"
+    with pytest.raises(RecipeError, match=r"test\.toml: run\.wandb\.mode: W&B is online but"):
+        prepare(recipe)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_login_in_netrc_or_the_environment_lets_an_online_run_start(tmp_path, monkeypatch):
+    """The key in the environment, or the netrc entry `wandb login` writes, counts as a
+    login; offline, or WANDB_MODE=offline, needs none."""
+    from nnpatch.recipe import WandbSection
+    from nnpatch.run.tracking import online_without_login
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    online = WandbSection(project="p", mode="online")
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert online_without_login(online)
+    assert not online_without_login(WandbSection(project="p", mode="offline"))
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    netrc.chmod(0o600)
+    assert not online_without_login(online)
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert online_without_login(online)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert not online_without_login(online)
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert not online_without_login(online)
 
 
 def test_a_wandb_failure_after_the_tables_is_recorded_not_raised(tmp_path, offline, monkeypatch):

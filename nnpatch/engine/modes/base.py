@@ -151,6 +151,9 @@ class Mode:
     # batch_size = "auto" sizes its batches from a probe of patched rows (modes whose rows
     # hold gradients or every cell's logits are not sized by it)
     sized_by_memory: ClassVar[bool] = True
+    # what its rows are, for `nnpatch compare`: None where they are effects of interventions
+    # on cells (compare differences them, mode against mode), else why compare cannot
+    compare_refusal: ClassVar[str | None] = None
 
     def plan(self, patch, shape: ModelShape, source: str | Path) -> list[PatchSpec]:
         raise NotImplementedError

@@ -31,13 +31,11 @@ from nnpatch.engine.modes.base import Computed, Mode, Sweep
 from nnpatch.engine.plan import PatchSpec, by_first_position, selected_layers, selected_positions
 from nnpatch.engine.trace import Engine
 from nnpatch.errors import RecipeError
-from nnpatch.fields import Int, Layers, Position, Section
+from nnpatch.fields import Int, Layers, Position, Section, Window
 from nnpatch.report import charts
 from nnpatch.report.summary import lead_metric
 from nnpatch.report.top import top_cells_lines
 from nnpatch.run.tables import Facets, results_table
-
-Window = Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)]
 
 
 @dataclass(frozen=True)
@@ -195,16 +193,12 @@ def _windows(patch, shape, source) -> list[list[int]]:
                 f"layer {wrong} is out of range for {shape.name} (layers 0..{top})",
                 "use layers in range",
             )
-        if len(set(window)) != len(window):
-            raise RecipeError(
-                source, f"patch.layer_groups.{i}", "a layer is listed twice", "list each once"
-            )
-    keys = [tuple(sorted(window)) for window in patch.layer_groups]
+    keys = [tuple(window) for window in patch.layer_groups]  # ascending (checked by Window)
     if len(set(keys)) != len(keys):
         raise RecipeError(
             source, "patch.layer_groups", "a window is listed twice", "list each once"
         )
-    return [sorted(window) for window in patch.layer_groups]
+    return [list(window) for window in patch.layer_groups]
 
 
 class KnockoutEngine(Engine):

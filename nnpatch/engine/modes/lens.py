@@ -47,6 +47,7 @@ class Lens(Mode):
     sections = (LensPatch,)
     reads_both_runs = True
     sized_by_memory = False
+    compare_refusal = "its rows are readouts of the unpatched runs, not effects of a patch"
 
     def plan(self, patch, shape, source) -> list[PatchSpec]:
         check_site(patch, shape, source)

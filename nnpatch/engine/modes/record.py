@@ -40,6 +40,7 @@ class Record(Mode):
     sections = (RecordPatch,)
     reads_both_runs = True
     sized_by_memory = False
+    compare_refusal = "its rows index an activation export, not effects of a patch"
 
     def plan(self, patch, shape, source) -> list[PatchSpec]:
         check_site(patch, shape, source)

@@ -18,7 +18,22 @@ Seed = Annotated[Int, Field(ge=0)]
 Text = Annotated[str, Field(min_length=1)]
 PathText = Annotated[str, Field(min_length=1, json_schema_extra={"format": "path"})]
 Position = Int | Literal["bot", "eot"]
-PositionList = list[Annotated[Position, Field(union_mode="left_to_right")]]
+
+
+def distinct(what: str) -> AfterValidator:
+    """A list whose items are each listed once (a repeat would count its rows twice)."""
+
+    def check(values: list) -> list:
+        if len({str(v) for v in values}) != len(values):
+            raise ValueError(f"{what} is listed twice; list each once")
+        return values
+
+    return AfterValidator(check)
+
+
+PositionList = Annotated[
+    list[Annotated[Position, Field(union_mode="left_to_right")]], distinct("a position")
+]
 Positions = Literal["all"] | PositionList
 
 
@@ -29,7 +44,7 @@ class Section(BaseModel):
 
 
 Layer = Annotated[Int, Field(ge=0)]
-Layers = Literal["all"] | Annotated[list[Layer], Field(min_length=1)]
+Layers = Literal["all"] | Annotated[list[Layer], Field(min_length=1), distinct("a layer")]
 
 
 def _ascending(values: list[int]) -> list[int]:

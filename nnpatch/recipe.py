@@ -257,6 +257,7 @@ def validate_recipe(raw: dict[str, Any], path: str | Path = "<recipe>") -> Recip
             fix = f"got {first.get('input')!r}"
         raise RecipeError(path, field, problem, fix) from None
     _check_applicable(recipe, path)
+    MODES[recipe.patch.mode].check_fields(recipe.patch, path)
     return recipe
 
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 OMIT = object()  # a key left out of its table (TOML has no null)
 TOML_INT = (-(2**63), 2**63 - 1)
 # text that stays readable in a one-line error: printable, no surrogates
-TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=12)
+TEXT_CHARS = st.characters(blacklist_categories=("Cs", "Cc"))
+TEXT = st.text(TEXT_CHARS, max_size=12)
 # paths stay below the example's folder: relative names, a file where a folder is wanted
 # and a folder where a file is, "" and names of things that are not there
 PATHS = st.sampled_from(["out", "sub/out", "a-file", "a-folder", "missing/x.jsonl", ".", "x.jsonl"])
@@ -45,8 +46,11 @@ class Schema:
         return found
 
     def branches(self, node: dict) -> list[dict]:
+        """A union's branches (a field's `examples` and `format` carried into each)."""
         node = self.node(node)
-        return [self.node(b) for b in node.get("anyOf", node.get("oneOf", []))] or [node]
+        shared = {k: node[k] for k in ("examples", "format") if k in node}
+        found = [self.node(b) for b in node.get("anyOf", node.get("oneOf", []))]
+        return [{**shared, **b} if b.get("type") == "string" else b for b in found] or [node]
 
     def variants(self, node: dict) -> dict[str, dict]:
         """A discriminated union's branches by tag (the [patch] table's modes)."""
@@ -98,6 +102,8 @@ class Schema:
         else:
             options.append(TEXT)
         low, high = node.get("minLength", 0), node.get("maxLength", 40)
+        if node.get("pattern") is None:  # plain text of the lengths the field takes
+            options[-1] = st.text(TEXT_CHARS, min_size=low, max_size=max(low, min(high, 12)))
         return st.one_of(options).filter(lambda s: low <= len(s) <= high)
 
     def _array(self, node: dict, values) -> st.SearchStrategy:

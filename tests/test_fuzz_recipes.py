@@ -9,8 +9,8 @@ built-in model. The contract, for every draw:
   traceback, no other library's line, and no run folder written;
 - accepted: a finished run folder with finite baselines and no traceback.
 
-The seed is fixed and the example count bounded (NNPATCH_FUZZ_EXAMPLES, default 60: a few
-minutes on 2 cores); `pytest --hypothesis-show-statistics` prints the classes it drew.
+The seed is fixed and the example count bounded (NNPATCH_FUZZ_EXAMPLES, default 500: about a
+minute on 2 cores); `pytest --hypothesis-show-statistics` prints the classes it drew.
 """
 
 from __future__ import annotations
@@ -24,17 +24,29 @@ from pathlib import Path
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from helpers import write_pairs
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from schema_strategies import OMIT, Schema, toml_value
 
 from nnpatch.cli import main
+from nnpatch.models.presets import PLAIN_PRESETS
 from nnpatch.recipe import Recipe
 
+SPAN_PAIRS = [
+    {
+        "id": f"p{n}",
+        "clean_question": f"Tom [[has {a} red]] coins",
+        "clean_answer": str(a),
+        "corrupted_question": f"Tom [[has {b} red]] coins",
+        "corrupted_answer": str(b),
+    }
+    for n, (a, b) in enumerate([(3, 5), (4, 7)])
+]
 SCHEMA = Schema(Recipe.model_json_schema())
 ROOT = SCHEMA.node(SCHEMA.schema)
 MODES = SCHEMA.variants(SCHEMA.properties(ROOT)["patch"])
-EXAMPLES = int(os.environ.get("NNPATCH_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("NNPATCH_FUZZ_EXAMPLES", "500"))
 # what a refused command may print besides its Error line: a sweep that began says so first
 HEADER = re.compile(r"^\S+: \d+ pairs, \d+ patches per pair, \d+ rows, batch \d+( \(auto\))?$")
 
@@ -65,16 +77,18 @@ def recipes(draw):
     for key, small in (("layers", [0]), ("positions", [0])):  # few cells: runs stay short
         if key in section["properties"]:
             patch.setdefault(key, small)
+    preset = draw(st.sampled_from(_examples("model", "preset")))
+    pairs = "spans.jsonl" if preset in PLAIN_PRESETS else "tiny-arithmetic"
     tables = {
         "name": "fuzz",
-        "model": {"preset": draw(st.sampled_from(_examples("model", "preset")))},
-        "data": {"pairs": "tiny-arithmetic", "limit": draw(st.integers(1, 2))},
+        "model": {"preset": preset},
+        "data": {"pairs": pairs, "limit": draw(st.integers(1, 2))},
         "patch": patch,
         "run": {"output": "out", "report": "none"},
     }
     written: set[str] = set()
     overrides: list[str] = []
-    for _ in range(draw(st.integers(0, 3))):
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 1, 2, 3]))):
         path, value = draw(mutation(mode))
         written.add(".".join(path))
         if draw(st.booleans()) and value is not OMIT:
@@ -109,14 +123,16 @@ def mutation(mode: str) -> st.SearchStrategy:
         strategy = SCHEMA.valid(node) if how == "valid" else SCHEMA.invalid(node)
         return strategy.map(lambda value: (path, value))
 
-    return st.one_of(
-        st.tuples(st.sampled_from(leaves), st.sampled_from(["valid", "invalid"])).flatmap(
-            lambda t: valued(*t)
-        ),
-        st.sampled_from(others).flatmap(lambda c: SCHEMA.valid(c[1]).map(lambda v: (c[0], v))),
-        st.sampled_from(sorted(sections)).map(lambda name: ((name, "not_a_field"), 1)),
-        st.sampled_from(sorted(sections)).map(lambda name: ((name,), 3)),
-    )
+    kinds = {
+        "valid": st.sampled_from(leaves).flatmap(lambda c: valued(c, "valid")),
+        "invalid": st.sampled_from(leaves).flatmap(lambda c: valued(c, "invalid")),
+        "other mode's": st.sampled_from(others).flatmap(lambda c: valued(c, "valid")),
+        "unknown": st.sampled_from(sorted(sections)).map(lambda n: ((n, "not_a_field"), 1)),
+        "not a table": st.sampled_from(sorted(sections)).map(lambda n: ((n,), 3)),
+    }
+    # most draws change a field's value; the rest add what no table of the mode has
+    weights = ["valid"] * 6 + ["invalid"] * 4 + ["other mode's", "unknown", "not a table"]
+    return st.sampled_from(weights).flatmap(kinds.__getitem__)
 
 
 def _examples(*path: str) -> list:
@@ -211,6 +227,7 @@ def test_every_drawn_recipe_is_refused_in_one_line_or_runs(drawn, tmp_path_facto
     folder = tmp_path_factory.mktemp("fuzz")
     (folder / "a-file").write_text("not a folder\n")
     (folder / "a-folder").mkdir()
+    write_pairs(folder / "spans.jsonl", SPAN_PAIRS)  # plain LMs patch a marked span
     recipe = _write(folder, tables)
     sets = [a for o in overrides for a in ("--set", o)]
     runner = CliRunner()

@@ -62,7 +62,9 @@ class Run:
         file = self.path / f"{name}.parquet"
         if not file.is_file():
             have = sorted(p.stem for p in self.path.glob("*.parquet"))
-            raise RunFolderError(f"{self.path}: no table {name!r}; it has {', '.join(have)}")
+            raise RunFolderError(
+                f"{self.path}: no table {name!r} ({name}.parquet); it has {', '.join(have)}"
+            )
         return _read(file, pl.read_parquet)
 
     def _repr_html_(self) -> str:

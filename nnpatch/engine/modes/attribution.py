@@ -59,11 +59,13 @@ class Attribution(Mode):
 
     def plan(self, patch, shape, source) -> list[PatchSpec]:
         """The first site's cells (every site is checked)."""
+        return [self.site_plan(patch, shape, source, site) for site in patch.sites][0]
+
+    def check_fields(self, patch, source) -> None:
         if "ig_steps" in patch.model_fields_set and patch.estimator != "ig":
             raise RecipeError(
                 source, "patch.ig_steps", "applies to estimator 'ig' only", "remove it"
             )
-        return [self.site_plan(patch, shape, source, site) for site in patch.sites][0]
 
     def site_plan(self, patch, shape, source, site: str) -> list[PatchSpec]:
         one = patch.model_copy(update={"site": site})

@@ -158,6 +158,10 @@ class Mode:
     def plan(self, patch, shape: ModelShape, source: str | Path) -> list[PatchSpec]:
         raise NotImplementedError
 
+    def check_fields(self, patch, source: str | Path) -> None:
+        """Refuse, with a RecipeError, a [patch] field that its other fields make meaningless
+        (set where it would be ignored); runs with the schema, for every command."""
+
     def primary(self, patch) -> tuple[str, str]:
         """The (site, direction) the run's own engine and baseline pass are built for."""
         return patch.site, getattr(patch, "direction", "denoise")

@@ -31,7 +31,7 @@ from nnpatch.engine.modes.base import Computed, Mode, Sweep
 from nnpatch.engine.plan import PatchSpec, by_first_position, selected_layers, selected_positions
 from nnpatch.engine.trace import Engine
 from nnpatch.errors import RecipeError
-from nnpatch.fields import Int, Layers, Position, Section, Window
+from nnpatch.fields import Int, Layers, Position, Section, Window, distinct
 from nnpatch.report import charts
 from nnpatch.report.summary import lead_metric
 from nnpatch.report.top import top_cells_lines
@@ -53,11 +53,15 @@ class KnockoutPatch(Section):
     model_config = {**Section.model_config, "populate_by_name": True}
 
     mode: Literal["knockout"]
-    queries: Literal["answer"] | Annotated[list[Int], Field(min_length=1)] = Field(
-        default="answer", alias="from"
-    )
+    queries: (
+        Literal["answer"] | Annotated[list[Int], Field(min_length=1), distinct("a thought")]
+    ) = Field(default="answer", alias="from")
     to: (
-        Annotated[list[Annotated[Position, Field(union_mode="left_to_right")]], Field(min_length=1)]
+        Annotated[
+            list[Annotated[Position, Field(union_mode="left_to_right")]],
+            Field(min_length=1),
+            distinct("a position"),
+        ]
         | Literal["all"]
     ) = "all"
     layers: Layers = "all"

@@ -152,16 +152,14 @@ class Mediation(Mode):
                 out[f"heatmap_{metric}_{effect}"] = partial(
                     charts.heatmap, part, metric, run.positions, title
                 )
-        table = pl.read_parquet(run.path / "mediation.parquet")
+        table = run.table("mediation")
         out[f"direct_share_{run.lead_metric}"] = partial(
             share_heatmap, table, run.lead_metric, run.positions
         )
         return out
 
     def report_lines(self, run) -> list[str]:
-        table = pl.read_parquet(run.path / "mediation.parquet").filter(
-            pl.col("metric") == run.lead_metric
-        )
+        table = run.table("mediation").filter(pl.col("metric") == run.lead_metric)
         lines = [
             "",
             f"## Direct and indirect effects ({run.lead_metric})",

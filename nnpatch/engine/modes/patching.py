@@ -34,7 +34,7 @@ from nnpatch.engine.plan import (
 from nnpatch.engine.sources import NEEDS_BOTH_RUNS, source_values
 from nnpatch.engine.trace import donor_values
 from nnpatch.errors import RecipeError
-from nnpatch.fields import Float, Int, PatchCommon, Position
+from nnpatch.fields import Float, Int, PatchCommon, Position, distinct
 from nnpatch.report import charts
 from nnpatch.run.tables import Facets, results_table
 
@@ -51,9 +51,10 @@ class PatchingSection(PatchCommon):
     direction: Direction | Annotated[list[Direction], Field(min_length=1)] = "denoise"
     source: Source | Annotated[list[Source], Field(min_length=1)] = "donor"
     scale: Float = 1.0  # source "steer": receiver + scale × (mean clean − mean corrupted)
-    heads: Literal["all"] | Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1)] = (
-        "all"
-    )
+    heads: (
+        Literal["all"]
+        | Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1), distinct("a head")]
+    ) = "all"
 
     @property
     def sites(self) -> list[str]:
@@ -121,9 +122,15 @@ class Patching(Mode):
 
     def plan(self, patch, shape, source) -> list[PatchSpec]:
         """The first site's rows (every site is checked): layer-major, then positions."""
-        _check_fields(patch, source)
         plans = [self.site_plan(patch, shape, source, site) for site in patch.sites]
         return plans[0]
+
+    def check_fields(self, patch, source) -> None:
+        fields = patch.model_fields_set
+        if "scale" in fields and "steer" not in patch.sources:
+            raise RecipeError(source, "patch.scale", "applies to source 'steer' only", "remove it")
+        if "heads" in fields and "head" not in patch.sites:
+            raise RecipeError(source, "patch.heads", "applies to site 'head' only", "remove it")
 
     def site_plan(self, patch, shape, source, site: str) -> list[PatchSpec]:
         """Every row of one site, in a stable order (layer-major, heads, then positions)."""
@@ -291,15 +298,6 @@ def facet_rows(results: pl.DataFrame, summary: pl.DataFrame) -> pl.DataFrame:
     if "source" in results.columns:
         own = own.filter(pl.col("control") | (pl.col("source") == first["source"]))
     return own
-
-
-def _check_fields(patch, source) -> None:
-    """Fields that would be ignored where they are set are errors."""
-    fields = patch.model_fields_set
-    if "scale" in fields and "steer" not in patch.sources:
-        raise RecipeError(source, "patch.scale", "applies to source 'steer' only", "remove it")
-    if "heads" in fields and "head" not in patch.sites:
-        raise RecipeError(source, "patch.heads", "applies to site 'head' only", "remove it")
 
 
 def _heads(patch, shape, source) -> list[int]:

@@ -197,7 +197,7 @@ SYNERGY_SCHEMA = {
 
 
 def _synergy_table(run) -> pl.DataFrame:
-    return pl.read_parquet(run.path / "synergy.parquet")
+    return run.table("synergy")
 
 
 def synergy_heatmap(table: pl.DataFrame, metric: str) -> alt.Chart:

@@ -110,12 +110,12 @@ KILLED_EXPORT = """
 import sys, time
 from pathlib import Path
 import safetensors.torch
-real = safetensors.torch.save_file
+real, marker = safetensors.torch.save_file, Path(sys.argv[2])
 def half_then_wait(tensors, path, *args, **kwargs):
     real(tensors, path, *args, **kwargs)
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: len(data) // 2])
-    Path(sys.argv[2]).touch()
+    marker.touch()
     time.sleep(600)
 safetensors.torch.save_file = half_then_wait
 from nnpatch.cli import main
@@ -138,15 +138,16 @@ def test_a_record_run_killed_mid_export_resumes_to_the_same_tensors(tmp_path):
     killed_dir.mkdir()
     whole_dir.mkdir()
     recipe = write_recipe(killed_dir, patch=patch)
-    marker = tmp_path / "half-written"
-    process = subprocess.Popen(
-        [sys.executable, "-c", KILLED_EXPORT, str(recipe), str(marker)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    marker, said = tmp_path / "half-written", tmp_path / "stderr.txt"
+    with said.open("wb") as stderr:  # a file, not a pipe: the progress bar never blocks it
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILLED_EXPORT, str(recipe), str(marker)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     deadline = time.monotonic() + 120
     while not marker.exists():
-        assert process.poll() is None, process.stderr.read().decode()
+        assert process.poll() is None, said.read_text()
         assert time.monotonic() < deadline, "the export never started"
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)

@@ -160,6 +160,7 @@ def check(path: str | Path, overrides: list[str] = ()) -> Checked:
     """Schema, pairs and (when the model's config is reachable) the plan's cells."""
     source = Path(path)
     recipe, _, pairs, _ = _recipe_and_pairs(source, list(overrides))
+    _check_extras(recipe, source)
     try:
         shape = model_shape(recipe.model, source)
     except ModelError as err:

@@ -104,3 +104,39 @@ def write_coconut_release(folder: Path, padded_vocab: int = 0):
     path = folder / "checkpoint_15"
     torch.save(module.state_dict(), path)
     return lm, tokenizer, base, path
+
+
+def write_simcot_codi_release(folder: Path, family: str):
+    """(module, base folder, checkpoint folder, decoder key count) for a tiny SIM-CoT CODI
+    release: CODI's module plus `decoder`, a second whole LM of the base (not resized, no
+    LoRA), saved whole as SIM-CoT's trainer does; its GPT-2 release names its one shard
+    model-00001-of-00001.safetensors, its Llama ones model.safetensors; config.json empty."""
+    module, base, checkpoint = write_codi_release(folder, family, "bin")
+    (checkpoint / "pytorch_model.bin").unlink()
+    tokenizer = build_tiny_tokenizer()
+    _, decoder = base_model(family, len(tokenizer), seed=3)
+    module.add_module("decoder", decoder.eval())
+    from safetensors.torch import save_file
+
+    tied = {"codi.base_model.model.lm_head.weight", "decoder.lm_head.weight"}
+    state = {k: v.contiguous() for k, v in module.state_dict().items() if k not in tied}
+    name = "model-00001-of-00001.safetensors" if family == "gpt2" else "model.safetensors"
+    save_file(state, str(checkpoint / name))
+    (checkpoint / "config.json").write_text("")
+    return module, base, checkpoint, sum(k.startswith("decoder.") for k in state)
+
+
+def write_simcot_coconut_release(folder: Path):
+    """(lm, tokenizer, base folder, checkpoint file, aux key count) for a tiny SIM-CoT GPT-2
+    Coconut: facebook's module plus `expainable_llm`, a fresh GPT-2 of the base vocabulary
+    (never resized), saved with torch.save as checkpoint_28; config.json empty."""
+    lm, tokenizer, base, path = write_coconut_release(folder)
+    module = CoconutRelease(lm)
+    _, explainer = base_model("gpt2", len(build_tiny_tokenizer()), seed=4)
+    module.add_module("expainable_llm", explainer)
+    state = module.state_dict()
+    path.unlink()
+    path = folder / "checkpoint_28"
+    torch.save(state, path)
+    (folder / "config.json").write_text("")
+    return lm, tokenizer, base, path, sum(k.startswith("expainable_llm.") for k in state)

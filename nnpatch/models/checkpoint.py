@@ -43,6 +43,21 @@ class KeyReport:
     ignored: list[str] = field(default_factory=list)  # recomputed buffers, tied aliases
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    # training-only modules a release ships beside the model, dropped on purpose:
+    # "<prefix>* (<what it is>)" → how many keys
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, state: dict, prefixes: dict[str, str]) -> dict:
+        """`state` without the keys under `prefixes` (prefix → what the module is), each
+        prefix found counted in `dropped`."""
+        kept = dict(state)
+        for prefix, what in prefixes.items():
+            keys = [k for k in kept if k.startswith(prefix)]
+            if keys:
+                self.dropped[f"{prefix}* ({what})"] = len(keys)
+                for key in keys:
+                    del kept[key]
+        return kept
 
     def check(self) -> None:
         if self.missing or self.unexpected:
@@ -60,6 +75,7 @@ class KeyReport:
             f"LoRA merged into {len(self.merged_lora)} modules",
             f"absent because tied: {', '.join(self.tied_absent) or 'none'}",
             f"ignored (recomputed buffers, tied aliases): {len(self.ignored)}",
+            *[f"dropped on purpose: {n} keys {what}" for what, n in self.dropped.items()],
             f"missing: {len(self.missing)}   unexpected: {len(self.unexpected)}",
         ]
 

@@ -5,6 +5,11 @@ keys>` with unmerged LoRA, plus `prj.*`; embeddings resized to V + 3 with pad = 
 bot = V + 1, eot = V + 2 as bare ids. Coconut (facebookresearch/coconut): `base_causallm.<HF
 keys>` plus `embedding.weight` (an alias of the input embeddings), the tokenizer extended with
 <|start-latent|>, <|end-latent|>, <|latent|>; no projection; answers "### X".
+
+SIM-CoT (InternLM/SIM-CoT) ships both formats with a training-only decoder beside the model
+(`decoder.*` in CODI files, `expainable_llm.*` in Coconut ones); its test loops never build
+it, so its keys are dropped, by name and count in the key report. Its Coconut thinks
+10 latents (its final training stage) unless the recipe says otherwise.
 """
 
 from __future__ import annotations
@@ -32,7 +37,19 @@ BASE_FILES = [
     "vocab*",
     "merges.txt",
 ]
-WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin"]
+# CODI's test.py reads the first two; SIM-CoT's GPT-2 CODI ships its one shard under the
+# third name
+WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin", "model-00001-of-00001.safetensors"]
+# modules a release trains beside the model and never runs at test time (SIM-CoT's step
+# decoders; `pj_in`/`pj_out` hold weights only when trained with a decoder_path)
+CODI_TRAINING_ONLY = {
+    "decoder.": "SIM-CoT's training-only step decoder",
+    "pj_in.": "SIM-CoT's decoder input projection",
+    "pj_out.": "SIM-CoT's decoder output projection",
+}
+COCONUT_TRAINING_ONLY = {"expainable_llm.": "SIM-CoT's training-only explanation decoder"}
+# SIM-CoT's Coconut: 2 latents per stage x 5 stages at its final stage
+SIMCOT_COCONUT_THOUGHTS = 10
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,7 @@ def load_codi(section) -> ThoughtModel:
     config, tokenizer = _base(section)
     path, state = _weights(section)
     report = KeyReport(path)
+    state = report.drop(state, CODI_TRAINING_ONLY)
     vocab = config.vocab_size
     lm = _language_model(config, vocab + 3)
     lm_state = {k[len(CODI_PREFIX) :]: v for k, v in state.items() if k.startswith(CODI_PREFIX)}
@@ -127,6 +145,8 @@ def load_coconut(section) -> ThoughtModel:
     config, tokenizer = _base(section)
     path, state = _weights(section)
     report = KeyReport(path)
+    simcot = any(k.startswith(tuple(COCONUT_TRAINING_ONLY)) for k in state)
+    state = report.drop(state, COCONUT_TRAINING_ONLY)
     tokenizer.add_tokens(COCONUT_TOKENS)
     start, end, latent = tokenizer.convert_tokens_to_ids(COCONUT_TOKENS)
     lm = _language_model(config, len(tokenizer))
@@ -149,7 +169,7 @@ def load_coconut(section) -> ThoughtModel:
     module = CodiModel(
         lm,
         nn.Identity(),
-        section.num_thoughts or 6,
+        section.num_thoughts or (SIMCOT_COCONUT_THOUGHTS if simcot else 6),
         bot_id=start,
         eot_id=end,
         pad_id=eos,

@@ -6,7 +6,13 @@ import json
 
 import pytest
 import torch
-from release_builders import COCONUT_TOKENS, write_coconut_release, write_codi_release
+from release_builders import (
+    COCONUT_TOKENS,
+    write_coconut_release,
+    write_codi_release,
+    write_simcot_coconut_release,
+    write_simcot_codi_release,
+)
 
 from nnpatch.errors import ModelError
 from nnpatch.models.release import load_coconut, load_codi
@@ -134,15 +140,15 @@ def test_pickled_code_is_refused(tmp_path):
         load_codi(codi_section(base, checkpoint))
 
 
-def coconut_loop(lm, tokenizer, question: str, answer: list[int]):
+def coconut_loop(lm, tokenizer, question: str, answer: list[int], thoughts: int = 6):
     """Coconut's semantics without a cache: each latent is the last hidden state before it."""
     start, end, latent = tokenizer.convert_tokens_to_ids(COCONUT_TOKENS)
-    ids = tokenizer(question + "\n").input_ids + [start] + [latent] * 6 + [end]
+    ids = tokenizer(question + "\n").input_ids + [start] + [latent] * thoughts + [end]
     prefix = tokenizer("###", add_special_tokens=False).input_ids
     embeds = lm.get_input_embeddings()(torch.tensor([ids + prefix + answer]))
     first = ids.index(latent)
     with torch.no_grad():
-        for step in range(6):
+        for step in range(thoughts):
             out = lm(inputs_embeds=embeds[:, : first + step], output_hidden_states=True)
             embeds[:, first + step] = out.hidden_states[-1][:, -1]
         logits = lm(inputs_embeds=embeds).logits[0]
@@ -242,3 +248,60 @@ def test_uncached_hub_id_offline_says_what_to_download(monkeypatch):
         r"Hugging Face cache .*HF_HUB_OFFLINE is set.*`hf download nobody/not-a-model`",
     ):
         load_codi(section)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_simcot_codi_release_drops_its_decoder_by_name(tmp_path, family):
+    """SIM-CoT's CODI file (its step decoder beside the model, its own shard name, an empty
+    config.json) loads strictly: every decoder key is counted as dropped, every other key
+    lands, and the model is CODI's loop on the same weights (within 1e-5)."""
+    module, base, checkpoint, decoder_keys = write_simcot_codi_release(tmp_path, family)
+    model = load_codi(codi_section(base, checkpoint))
+    report = model.key_report
+    assert not report.missing and not report.unexpected
+    assert report.dropped == {"decoder.* (SIM-CoT's training-only step decoder)": decoder_keys}
+    assert any("dropped on purpose: " in line for line in report.lines())
+    vocab = model.module.pad_id
+    answer = model.answer_ids(PAIR.clean_answer)
+    expected, greedy = codi_loop(
+        module, model.question_ids(PAIR.clean_question), answer, vocab, model.prefix_ids()
+    )
+    encoded = model.encode([PAIR.clean_question], [answer], [answer])
+    with torch.no_grad():
+        logits = model.module(*encoded.args())[0][0]
+        tokens = model.module.generate(encoded.input_ids, encoded.attention_mask, -1, max_new=12)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    assert tokens[0] == greedy
+
+
+def test_a_decoder_key_the_model_lacks_is_still_unexpected(tmp_path):
+    """Dropping is by the training-only modules' names: any other stray key still fails."""
+    from safetensors.torch import load_file, save_file
+
+    _, base, checkpoint, _ = write_simcot_codi_release(tmp_path, "gpt2")
+    path = checkpoint / "model-00001-of-00001.safetensors"
+    state = load_file(str(path))
+    state["decoders.0.weight"] = torch.zeros(2)
+    save_file(state, str(path))
+    with pytest.raises(ModelError, match=r"1 unexpected key\(s\) \(decoders\.0\.weight\)"):
+        load_codi(codi_section(base, checkpoint))
+
+
+def test_simcot_coconut_release_drops_its_explainer_and_thinks_ten_latents(tmp_path):
+    """SIM-CoT's Coconut file (`expainable_llm` beside `base_causallm`) loads strictly with
+    the explainer dropped by name, thinks its final stage's 10 latents by default, and
+    agrees with Coconut's loop at 10 latents (within 1e-5)."""
+    lm, tokenizer, base, path, aux_keys = write_simcot_coconut_release(tmp_path)
+    model = load_coconut(ModelSection(kind="coconut", base=str(base), checkpoint=str(path)))
+    report = model.key_report
+    assert not report.missing and not report.unexpected
+    assert report.dropped == {
+        "expainable_llm.* (SIM-CoT's training-only explanation decoder)": aux_keys
+    }
+    assert model.num_thoughts == 10
+    answer = model.answer_ids(PAIR.clean_answer)
+    encoded = model.encode([PAIR.clean_question], [answer], [answer])
+    with torch.no_grad():
+        logits = model.module(*encoded.args())[0][0]
+    expected = coconut_loop(lm, tokenizer, PAIR.clean_question, answer, thoughts=10)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)

@@ -21,6 +21,7 @@ from nnpatch.engine.modes import MODES, SECTIONS
 from nnpatch.errors import RecipeError
 from nnpatch.fields import Float, Int, PathText, Section, Seed, Text
 from nnpatch.models.presets import PRESETS
+from nnpatch.models.registry import RELEASES
 from nnpatch.pairs.builtin import BUILTIN as BUILTIN_SETS
 from nnpatch.pairs.loaders import GENERATORS
 from nnpatch.sizes import parse_size
@@ -50,6 +51,29 @@ class ModelSection(Section):
                 f"{device!r} is not a device nnpatch runs on; use 'cpu', 'cuda' or 'cuda:N'"
             )
         return device
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_release(cls, data: object) -> object:
+        """A checkpoint that is a known release's hub id brings its kind, base and settings
+        (the recipe's own fields win); a release nnpatch cannot load yet is said so."""
+        if not isinstance(data, dict) or data.get("preset") is not None:
+            return data
+        checkpoint = data.get("checkpoint")
+        release = RELEASES.get(checkpoint) if isinstance(checkpoint, str) else None
+        if release is None:
+            return data
+        if release.kind is None:
+            raise ValueError(
+                f"{checkpoint} is a {release.family} release, which this nnpatch cannot load "
+                f"yet (it needs {release.not_yet}); `nnpatch models` lists what loads"
+            )
+        if data.get("kind", release.kind) != release.kind:
+            raise ValueError(
+                f"{checkpoint} is a {release.kind!r} release, not {data['kind']!r}; remove "
+                "model.kind (the release sets it)"
+            )
+        return {**release.recipe_fields(), **data}
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:

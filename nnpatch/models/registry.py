@@ -1,0 +1,140 @@
+"""Known continuous-thought releases by hub id: `model.checkpoint = "<hub id>"` alone names
+the loader, the base model and the settings the authors ran it with (each still overridable
+in the recipe). Facts are from the authors' training and test scripts (see the README's
+table of families); releases whose family nnpatch cannot load yet are listed with why, so a
+recipe naming one is told so in one line instead of failing on the files.
+
+Data only: importing this module loads no model code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LLAMA_1B = "meta-llama/Llama-3.2-1B-Instruct"
+GATED = "gated on the hub: accept Meta's licence for the base, then download it"
+
+
+@dataclass(frozen=True)
+class Release:
+    hub_id: str
+    family: str
+    kind: str | None  # the loader (model.kind); None: this nnpatch cannot load it yet
+    base: str
+    size: str
+    num_thoughts: int | None
+    datasets: str
+    prj_dim: int | None = None
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    also: str = ""  # what else must be downloaded or known
+    not_yet: str = ""  # for kind None: what loading it needs
+
+    def recipe_fields(self) -> dict:
+        """The [model] fields the release sets, for a recipe that names only its id."""
+        fields = {
+            "kind": self.kind,
+            "base": self.base,
+            "num_thoughts": self.num_thoughts,
+            "prj_dim": self.prj_dim,
+            "lora_r": self.lora_r,
+            "lora_alpha": self.lora_alpha,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+def _codi(hub_id, family, base, size, prj_dim, also="", datasets="GSM8K-Aug") -> Release:
+    return Release(hub_id, family, "codi", base, size, 6, datasets, prj_dim, 128, 32, also)
+
+
+RELEASES: dict[str, Release] = {
+    r.hub_id: r
+    for r in (
+        _codi("zen-E/CODI-gpt2", "CODI (zhenyi4)", "gpt2", "124M", 768),
+        _codi("zen-E/CODI-llama3.2-1b-Instruct", "CODI (zhenyi4)", LLAMA_1B, "1B", 2048, GATED),
+        _codi("internlm/SIM_COT-GPT2-CODI", "SIM-CoT (CODI)", "gpt2", "124M", 768),
+        _codi("internlm/SIM_COT-LLaMA3-CODI-1B", "SIM-CoT (CODI)", LLAMA_1B, "1B", 2048, GATED),
+        _codi(
+            "internlm/SIM_COT-LLaMA3-CODI-3B",
+            "SIM-CoT (CODI)",
+            "meta-llama/Llama-3.2-3B-Instruct",
+            "3B",
+            3072,
+            f"{GATED}; its file layout is unverified (a sharded index is not read yet)",
+        ),
+        _codi(
+            "internlm/SIM_COT-LLaMA3-CODI-8B",
+            "SIM-CoT (CODI)",
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "8B",
+            4096,
+            f"{GATED}; its file layout is unverified (a sharded index is not read yet)",
+        ),
+        Release(
+            "internlm/SIM_COT-GPT2-Coconut",
+            "SIM-CoT (Coconut)",
+            "coconut",
+            "gpt2",
+            "124M",
+            10,
+            "GSM8K-Aug",
+        ),
+        *(
+            Release(
+                hub_id,
+                "CODI (Cywiński et al.)",
+                None,
+                base,
+                size,
+                6,
+                "GSM8K-Aug-NL, CommonsenseQA, StrategyQA",
+                not_yet=(
+                    "special tokens from its shipped tokenizer, an eos before the thought "
+                    "token and its answer-only prompt"
+                ),
+            )
+            for hub_id, base, size in (
+                ("bcywinski/codi_llama1b-answer_only", LLAMA_1B, "1B"),
+                ("bcywinski/codi_llama1b_gsm8k-strategyqa-commonsense", LLAMA_1B, "1B"),
+                (
+                    "bcywinski/llama3b_gsm8k-strategyqa-commonsense",
+                    "meta-llama/Llama-3.2-3B-Instruct",
+                    "3B",
+                ),
+            )
+        ),
+        Release(
+            "cds-jb/codi_qwen3-8b-answer_only",
+            "CODI (Cywiński et al., on Qwen3)",
+            None,
+            "Qwen/Qwen3-8B",
+            "8B",
+            6,
+            "GSM8K-Aug-NL, CommonsenseQA",
+            not_yet=(
+                "Cywiński et al.'s format on Qwen3 (its shipped tokenizer's tokens, an eos "
+                "before the thought token, the answer-only prompt)"
+            ),
+        ),
+        Release(
+            "whyNLP/pccot-gpt2",
+            "PCCoT",
+            None,
+            "gpt2",
+            "124M",
+            None,
+            "GSM8K-Aug",
+            not_yet="the Jacobi loop (kind = 'pccot') and its PEFT adapter layout",
+        ),
+        Release(
+            "AlbertTan/CoLaR",
+            "CoLaR",
+            None,
+            LLAMA_1B,
+            "1B",
+            None,
+            "GSM8K-Aug",
+            not_yet="the latent policy's loop (kind = 'colar') and its Lightning checkpoint",
+        ),
+    )
+}

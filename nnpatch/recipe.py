@@ -40,6 +40,11 @@ class ModelSection(Section):
     lora_r: Int | None = Field(default=None, ge=1)
     lora_alpha: Float = Field(default=32, gt=0)
     answer_prefix: str | None = None  # causal_lm: text before the answer (default "The answer is:")
+    # codi: how the checkpoint was trained to read a question (Cywiński et al.'s
+    # remove_eos and answer_only): an eos between the question and the thought token, and
+    # "answer-only": the question asks for the bare answer, which follows eot directly
+    eos_before_thought: bool | None = None
+    prompt: Literal["codi", "answer-only"] | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
 
@@ -92,6 +97,8 @@ KIND_FIELDS = {
     "lora_alpha": ("codi",),
     "num_thoughts": ("codi", "coconut", "preset"),
     "answer_prefix": ("causal_lm", "preset"),
+    "eos_before_thought": ("codi",),
+    "prompt": ("codi",),
 }
 
 

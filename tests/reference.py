@@ -9,8 +9,11 @@ metrics are recomputed in float64 numpy from the formulas in DESIGN.md.
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import torch
 
+from nnpatch.engine.metrics import METRICS
+from nnpatch.engine.plan import PatchSpec
 from nnpatch.models.base import ThoughtModel
 
 SUBMODULES = {
@@ -48,7 +51,8 @@ def run_one(
     """One unpadded recurrent forward with the given hooks (`pre_hooks` see and may replace
     the module's kwargs); answer logits as float64."""
     ids = torch.tensor([model.question_ids(question)])
-    prefix = torch.tensor(model.tokenizer(model.answer_prefix, add_special_tokens=False).input_ids)
+    prefix = model.tokenizer(model.answer_prefix, add_special_tokens=False).input_ids
+    prefix = torch.tensor(prefix, dtype=torch.long)  # answer-only checkpoints: no prefix
     handles = [module.register_forward_hook(hook) for module, hook in hooks]
     handles += [
         module.register_forward_pre_hook(hook, with_kwargs=True) for module, hook in pre_hooks
@@ -94,7 +98,8 @@ def patcher(targets: dict[int, tuple[int, torch.Tensor]]):
 
 
 def answer_ids(model: ThoughtModel, answer: str) -> list[int]:
-    ids = model.tokenizer(" " + answer, add_special_tokens=False).input_ids
+    space = " " if getattr(model, "answer_space", True) else ""  # answer-only: bare number
+    ids = model.tokenizer(space + answer, add_special_tokens=False).input_ids
     return ids + [model.tokenizer.eos_token_id]
 
 
@@ -515,3 +520,32 @@ def knockout_reference_rows(model, pairs, windows, keys, queries, run: str) -> d
                     view, clean_view, corrupt_view, receiver_view
                 )
     return rows
+
+
+def assert_matches_reference(
+    results: pl.DataFrame, model, site: str, direction: str, pairs, control: bool = False
+) -> None:
+    results = results.filter(pl.col("control") == control)
+    by_id = {p.id: p for p in pairs}
+    donors = {r["pair_id"]: by_id[r["donor_id"]] for r in results.iter_rows(named=True)}
+    specs = [
+        PatchSpec(layer, tuple(positions))
+        for layer, positions in results.select("layer", "positions")
+        .unique(maintain_order=True)
+        .iter_rows()
+    ]
+    expected = reference_rows(model, pairs, specs, site, direction, donors)
+    assert results.height == len(expected)
+    got = {
+        (r["pair_id"], r["layer"], tuple(r["positions"])): r for r in results.iter_rows(named=True)
+    }
+    for row in expected:
+        actual = got[(row["pair_id"], row["layer"], row["positions"])]
+        for name in METRICS:
+            np.testing.assert_allclose(
+                actual[name],
+                row[name],
+                rtol=1e-4,
+                atol=1e-4,
+                err_msg=f"{name} {row['pair_id']} {row['positions']}",
+            )

@@ -21,6 +21,7 @@ TARGETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
 }
+TARGETS["qwen3"] = TARGETS["llama"]
 
 
 def base_model(family: str, vocab: int, seed: int = 1):
@@ -140,3 +141,64 @@ def write_simcot_coconut_release(folder: Path):
     torch.save(state, path)
     (folder / "config.json").write_text("")
     return lm, tokenizer, base, path, sum(k.startswith("expainable_llm.") for k in state)
+
+
+CYWINSKI_TOKENS = ["<|bocot|>", "<|eocot|>"]
+
+
+def tiny_qwen3(vocab: int, seed: int):
+    """A d = 64 Qwen3 (GQA, q/k norms, untied head) with `vocab` ids."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        initializer_range=0.1,
+        tie_word_embeddings=False,
+    )
+    return config, Qwen3ForCausalLM(config)
+
+
+def write_cywinski_release(folder: Path, family: str = "llama"):
+    """(module, tokenizer, base folder, checkpoint folder) for a tiny CODI release in
+    Cywiński et al.'s layout: the tokenizer gets [PAD] (where it has no pad) and the two
+    thought markers as special tokens, the base is resized to len(tokenizer), LoRA and prj
+    as CODI's; the Trainer pushes pytorch_model.bin and the tokenizer files together."""
+    tokenizer = build_tiny_tokenizer()
+    if family == "qwen3":  # Qwen3's tokenizer has a pad of its own: no [PAD] is added
+        tokenizer.pad_token = "<unk>"
+        config, lm = tiny_qwen3(len(tokenizer), seed=5)
+    else:
+        config, lm = base_model(family, len(tokenizer), seed=5)
+    base = folder / "base"
+    config.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    tokenizer.add_special_tokens({"additional_special_tokens": CYWINSKI_TOKENS})
+    lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=32,
+        target_modules=TARGETS[family],
+        lora_dropout=0.0,
+        init_lora_weights=False,
+    )
+    peft_lm = get_peft_model(lm, lora)
+    with torch.no_grad():
+        for name, param in peft_lm.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.05)
+    module = CodiRelease(peft_lm, 64, 96).eval()
+    checkpoint = folder / "ckpt"
+    checkpoint.mkdir()
+    torch.save(module.state_dict(), checkpoint / "pytorch_model.bin")
+    tokenizer.save_pretrained(checkpoint)
+    return module, tokenizer, base, checkpoint

@@ -31,7 +31,20 @@ def coconut_question(question: str) -> str:
     return question + "\n"
 
 
-QUESTION_STYLES = {"codi": codi_question, "coconut": coconut_question}
+ANSWER_ONLY = " Output only the answer and nothing else."
+
+
+def answer_only_question(question: str) -> str:
+    """The question as Cywiński et al.'s test.py feeds an answer-only checkpoint: CODI's
+    preparation, then their instruction to answer with the number alone."""
+    return codi_question(question) + ANSWER_ONLY
+
+
+QUESTION_STYLES = {
+    "codi": codi_question,
+    "coconut": coconut_question,
+    "answer-only": answer_only_question,
+}
 
 
 @dataclass(frozen=True)
@@ -171,6 +184,8 @@ class ThoughtModel(PlacedModule):
         answer_prefix: str = ANSWER_PREFIX,
         question_style: str = "codi",
         key_report: object | None = None,
+        eos_before_bot: bool = False,
+        answer_space: bool = True,
     ) -> None:
         self.module = module.eval()
         self.tokenizer = tokenizer
@@ -178,6 +193,11 @@ class ThoughtModel(PlacedModule):
         self.answer_prefix = answer_prefix  # CODI: "The answer is:"; Coconut: "###"
         self.question_style = question_style  # how the authors' code prepares a question
         self.key_report = key_report  # how a checkpoint's keys were accounted for
+        # checkpoints trained with remove_eos False read [eos, bot] after the question
+        self.eos_before_bot = eos_before_bot
+        # whether the answer's text starts with a space (after a prefix such as "The answer
+        # is:"); answer-only checkpoints write the bare number right after eot
+        self.answer_space = answer_space
 
     @property
     def num_layers(self) -> int:
@@ -236,7 +256,8 @@ class ThoughtModel(PlacedModule):
 
         The eos makes answers that are prefixes of one another ("1" / "12") differ.
         """
-        ids = self.tokenizer(" " + answer.strip(), add_special_tokens=False).input_ids
+        text = (" " if self.answer_space else "") + answer.strip()
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
         return [*ids, self.eos_id]
 
     def prefix_ids(self) -> list[int]:
@@ -254,7 +275,8 @@ class ThoughtModel(PlacedModule):
 
     def question_ids(self, question: str) -> list[int]:
         ids = self.tokenizer(self.question_text(question), add_special_tokens=True).input_ids
-        return [*ids, self.module.bot_id]
+        eos = [self.eos_id] if self.eos_before_bot else []
+        return [*ids, *eos, self.module.bot_id]
 
     def encode(
         self, questions: list[str], clean_answers: list[list[int]], corrupt_answers: list[list[int]]
@@ -263,7 +285,7 @@ class ThoughtModel(PlacedModule):
         questions_ids = [tokenised[q] for q in questions]
         pad = self.module.pad_id
         input_ids, mask = pad_rows(questions_ids, pad, left=True)
-        prefix = torch.tensor(self.prefix_ids())
+        prefix = torch.tensor(self.prefix_ids(), dtype=torch.long)  # [P], P may be 0
         clean, clean_mask = pad_rows(clean_answers, pad, left=False)
         corrupt, corrupt_mask = pad_rows(corrupt_answers, pad, left=False)
         offsets = torch.zeros(len(questions), dtype=torch.long)

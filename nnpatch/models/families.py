@@ -48,6 +48,8 @@ class Family:
 FAMILIES = {
     "llama": Family("llama", "model", "layers", "self_attn", "mlp", "model.norm", "o_proj"),
     "gpt2": Family("gpt2", "transformer", "h", "attn", "mlp", "transformer.ln_f", "c_proj"),
+    # Qwen3 lays its decoder out as Llama does (its q/k norms sit inside self_attn)
+    "qwen3": Family("qwen3", "model", "layers", "self_attn", "mlp", "model.norm", "o_proj"),
 }
 
 

@@ -29,6 +29,8 @@ class Release:
     lora_alpha: float | None = None
     also: str = ""  # what else must be downloaded or known
     not_yet: str = ""  # for kind None: what loading it needs
+    eos_before_thought: bool | None = None
+    prompt: str | None = None
 
     def recipe_fields(self) -> dict:
         """The [model] fields the release sets, for a recipe that names only its id."""
@@ -39,12 +41,34 @@ class Release:
             "prj_dim": self.prj_dim,
             "lora_r": self.lora_r,
             "lora_alpha": self.lora_alpha,
+            "eos_before_thought": self.eos_before_thought,
+            "prompt": self.prompt,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
 
 def _codi(hub_id, family, base, size, prj_dim, also="", datasets="GSM8K-Aug") -> Release:
     return Release(hub_id, family, "codi", base, size, 6, datasets, prj_dim, 128, 32, also)
+
+
+def _cywinski(hub_id, base, size, prj_dim, also: str) -> Release:
+    family = "CODI (Cywiński et al.)" if "qwen3" not in hub_id else "CODI (cds-jb, on Qwen3)"
+    datasets = "GSM8K-Aug-NL, CommonsenseQA"
+    return Release(
+        hub_id,
+        family,
+        "codi",
+        base,
+        size,
+        6,
+        datasets,
+        prj_dim,
+        128,
+        32,
+        also,
+        eos_before_thought=True,
+        prompt="answer-only",
+    )
 
 
 RELEASES: dict[str, Release] = {
@@ -79,43 +103,39 @@ RELEASES: dict[str, Release] = {
             10,
             "GSM8K-Aug",
         ),
-        *(
-            Release(
-                hub_id,
-                "CODI (Cywiński et al.)",
-                None,
-                base,
-                size,
-                6,
-                "GSM8K-Aug-NL, CommonsenseQA, StrategyQA",
-                not_yet=(
-                    "special tokens from its shipped tokenizer, an eos before the thought "
-                    "token and its answer-only prompt"
-                ),
-            )
-            for hub_id, base, size in (
-                ("bcywinski/codi_llama1b-answer_only", LLAMA_1B, "1B"),
-                ("bcywinski/codi_llama1b_gsm8k-strategyqa-commonsense", LLAMA_1B, "1B"),
-                (
-                    "bcywinski/llama3b_gsm8k-strategyqa-commonsense",
-                    "meta-llama/Llama-3.2-3B-Instruct",
-                    "3B",
-                ),
-            )
+        # Cywiński et al.: answer-only, trained with remove_eos False (an eos before the
+        # thought token) and its markers named in the tokenizer it ships
+        _cywinski("bcywinski/codi_llama1b-answer_only", LLAMA_1B, "1B", 2048, GATED),
+        # the earlier re-training: remove_eos True, "The answer is: X", CODI's bare ids
+        Release(
+            "bcywinski/codi_llama1b_gsm8k-strategyqa-commonsense",
+            "CODI (Cywiński et al.)",
+            "codi",
+            LLAMA_1B,
+            "1B",
+            6,
+            "GSM8K-Aug-NL, CommonsenseQA, StrategyQA",
+            2048,
+            128,
+            32,
+            GATED,
+            eos_before_thought=False,
+            prompt="codi",
         ),
         Release(
-            "cds-jb/codi_qwen3-8b-answer_only",
-            "CODI (Cywiński et al., on Qwen3)",
+            "bcywinski/llama3b_gsm8k-strategyqa-commonsense",
+            "CODI (Cywiński et al.)",
             None,
-            "Qwen/Qwen3-8B",
-            "8B",
+            "meta-llama/Llama-3.2-3B-Instruct",
+            "3B",
             6,
-            "GSM8K-Aug-NL, CommonsenseQA",
+            "GSM8K-Aug-NL, CommonsenseQA, StrategyQA",
             not_yet=(
-                "Cywiński et al.'s format on Qwen3 (its shipped tokenizer's tokens, an eos "
-                "before the thought token, the answer-only prompt)"
+                "a CODI without a projection; its only evidence (the authors' example) loads "
+                "it with lora_alpha 16 and no prj, and its eos placement is unknown"
             ),
         ),
+        _cywinski("cds-jb/codi_qwen3-8b-answer_only", "Qwen/Qwen3-8B", "8B", 4096, ""),
         Release(
             "whyNLP/pccot-gpt2",
             "PCCoT",

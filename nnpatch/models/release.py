@@ -15,12 +15,13 @@ it, so its keys are dropped, by name and count in the key report. Its Coconut th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from nnpatch.errors import ModelError
-from nnpatch.models.base import ThoughtModel
+from nnpatch.models.base import ANSWER_PREFIX, ThoughtModel
 from nnpatch.models.causal_lm import load_causal_lm
 from nnpatch.models.checkpoint import KeyReport, load_exactly, merge_lora, read_state_dict
 from nnpatch.models.codi import CodiModel, Projection
@@ -64,6 +65,8 @@ class ReleaseFiles:
     prj_dim: int | None = None
     lora_r: int | None = None
     lora_alpha: float = 32
+    eos_before_thought: bool | None = None
+    prompt: str | None = None
 
 
 def load_codi_files(base: str, checkpoint: str, num_thoughts: int | None = None) -> ThoughtModel:
@@ -93,7 +96,7 @@ def _base(section):
 def _weights(section) -> tuple[str, dict[str, torch.Tensor]]:
     if not section.checkpoint:
         raise ModelError("model.checkpoint: required (a folder, a weights file or a hub id)")
-    patterns = [*WEIGHT_FILES, "checkpoint_*"]
+    patterns = [*WEIGHT_FILES, "checkpoint_*", "tokenizer*", "special_tokens_map.json"]
     folder = resolve_folder(section.checkpoint, "model.checkpoint", patterns, section.revision)
     path = weights_file(folder, section.checkpoint, "model.checkpoint", WEIGHT_FILES)
     return str(path), read_state_dict(path)
@@ -117,7 +120,12 @@ def load_codi(section) -> ThoughtModel:
     report = KeyReport(path)
     state = report.drop(state, CODI_TRAINING_ONLY)
     vocab = config.vocab_size
-    lm = _language_model(config, vocab + 3)
+    rows, (pad, bot, eot) = vocab + 3, (vocab, vocab + 1, vocab + 2)  # zhenyi4: bare ids
+    shipped = _shipped_tokenizer(path)
+    if shipped is not None:  # Cywiński et al.: named tokens in the checkpoint's tokenizer
+        tokenizer, rows = shipped, len(shipped)
+        pad, bot, eot = _named_ids(tokenizer, state, path)
+    lm = _language_model(config, rows)
     lm_state = {k[len(CODI_PREFIX) :]: v for k, v in state.items() if k.startswith(CODI_PREFIX)}
     prj_state = {k[len("prj.") :]: v for k, v in state.items() if k.startswith("prj.")}
     report.unexpected += [k for k in state if not k.startswith((CODI_PREFIX, "prj."))]
@@ -129,16 +137,72 @@ def load_codi(section) -> ThoughtModel:
         lm,
         Projection(config.hidden_size, prj_dim),
         section.num_thoughts or 6,
-        bot_id=vocab + 1,
-        eot_id=vocab + 2,
-        pad_id=vocab,
+        bot_id=bot,
+        eot_id=eot,
+        pad_id=pad,
     )
     combined = {f"lm.{k}": v for k, v in merged.items()} | {
         f"prj.{k}": v for k, v in prj_state.items()
     }
     load_exactly(module, combined, report, _tied(config))
     lm.tie_weights()
-    return ThoughtModel(module, tokenizer, section.checkpoint, key_report=report)
+    answer_only = getattr(section, "prompt", None) == "answer-only"
+    return ThoughtModel(
+        module,
+        tokenizer,
+        section.checkpoint,
+        answer_prefix="" if answer_only else ANSWER_PREFIX,
+        question_style="answer-only" if answer_only else "codi",
+        key_report=report,
+        eos_before_bot=bool(getattr(section, "eos_before_thought", None)),
+        answer_space=not answer_only,
+    )
+
+
+NAMED_TOKENS = ("<|bocot|>", "<|eocot|>")  # Cywiński et al.'s thought markers
+
+
+def _shipped_tokenizer(weights: str):
+    """The checkpoint folder's own tokenizer when it names the thought markers (Cywiński
+    et al. push it with the weights), else None (zhenyi4: the base's, bare ids)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(weights).parent
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - a broken tokenizer file: one line
+        raise ModelError(
+            f"model.checkpoint: {folder}: cannot load its tokenizer ({first_line(err)})"
+        ) from None
+    vocab = tokenizer.get_vocab()
+    return tokenizer if all(token in vocab for token in NAMED_TOKENS) else None
+
+
+def _named_ids(tokenizer, state: dict, path: str) -> tuple[int, int, int]:
+    """(pad, bot, eot) from the shipped tokenizer, checked against the checkpoint's
+    embedding rows: every id must be a row, and the rows must be the tokenizer's length."""
+    bot, eot = tokenizer.convert_tokens_to_ids(list(NAMED_TOKENS))
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        raise ModelError(f"{path}: its tokenizer has no pad token; CODI's training adds [PAD]")
+    rows = next(
+        (
+            int(v.shape[0])
+            for k, v in state.items()
+            if k.endswith("embed_tokens.base_layer.weight")
+            or k.endswith("embed_tokens.weight")
+            or k.endswith("wte.weight")
+        ),
+        None,
+    )
+    if rows is not None and rows != len(tokenizer):
+        raise ModelError(
+            f"{path}: the embeddings have {rows} rows but the shipped tokenizer has "
+            f"{len(tokenizer)} tokens; the tokenizer is not the one trained with these weights"
+        )
+    return pad, bot, eot
 
 
 def load_coconut(section) -> ThoughtModel:

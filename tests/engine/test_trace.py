@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 import torch
 from helpers import run_recipe, write_recipe
-from reference import reference_rows
+from reference import assert_matches_reference
 
 from nnpatch.engine.metrics import METRICS
 from nnpatch.engine.plan import PatchSpec
@@ -26,35 +26,6 @@ THOUGHT_MODES = {
     "chained": {"positions": [0, 1, 2]},
     "sets": {"sets": [[0, 3], [5]]},
 }
-
-
-def assert_matches_reference(
-    results: pl.DataFrame, model, site: str, direction: str, pairs, control: bool = False
-) -> None:
-    results = results.filter(pl.col("control") == control)
-    by_id = {p.id: p for p in pairs}
-    donors = {r["pair_id"]: by_id[r["donor_id"]] for r in results.iter_rows(named=True)}
-    specs = [
-        PatchSpec(layer, tuple(positions))
-        for layer, positions in results.select("layer", "positions")
-        .unique(maintain_order=True)
-        .iter_rows()
-    ]
-    expected = reference_rows(model, pairs, specs, site, direction, donors)
-    assert results.height == len(expected)
-    got = {
-        (r["pair_id"], r["layer"], tuple(r["positions"])): r for r in results.iter_rows(named=True)
-    }
-    for row in expected:
-        actual = got[(row["pair_id"], row["layer"], row["positions"])]
-        for name in METRICS:
-            np.testing.assert_allclose(
-                actual[name],
-                row[name],
-                rtol=1e-4,
-                atol=1e-4,
-                err_msg=f"{name} {row['pair_id']} {row['positions']}",
-            )
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])

@@ -39,6 +39,7 @@ def test_an_id_alone_brings_the_release_settings(tmp_path, release):
     )
     assert model.num_thoughts == release.num_thoughts
     assert (model.prj_dim, model.lora_r) == (release.prj_dim, release.lora_r)
+    assert (model.eos_before_thought, model.prompt) == (release.eos_before_thought, release.prompt)
 
 
 def test_the_recipe_own_fields_win(tmp_path):

@@ -17,6 +17,8 @@ from nnpatch.pairs import Pair
 from nnpatch.recipe import Recipe
 
 CHUNK = 1 << 22
+# [model] fields added after runs were first fingerprinted
+UNSET_ADDED_LATER = ("eos_before_thought", "prompt")
 
 
 def _sha(data: object) -> str:
@@ -32,6 +34,9 @@ def recipe_hash(recipe: Recipe) -> str:
     dumped = recipe.model_dump(mode="json")
     for key in ("output", "wandb", "max_memory"):
         dumped["run"].pop(key, None)
+    for key in UNSET_ADDED_LATER:  # unset, they hash as recipes did before they existed
+        if dumped["model"].get(key) is None:
+            dumped["model"].pop(key, None)
     if dumped["run"].get("batch_size") == "auto":
         dumped["run"]["batch_size"] = 64
     return _sha(dumped)

@@ -30,3 +30,21 @@ def test_pairs_hash_sees_order_and_text():
     pairs = tiny_arithmetic()
     assert pairs_hash(pairs) == pairs_hash(list(pairs))
     assert pairs_hash(pairs) != pairs_hash(pairs[::-1])
+
+
+def test_recipes_hash_as_before_fields_were_added():
+    """The starter recipe hashes as it did before model.eos_before_thought and model.prompt
+    existed (value measured at 85840c4), so runs started then still resume; set, they
+    change the hash."""
+    from helpers import ROOT
+
+    recipe = load_recipe(ROOT / "recipes" / "position.toml")
+    assert recipe_hash(recipe) == "1c0d2def5a5de9f5"
+    assert (
+        recipe_hash(
+            recipe.model_copy(
+                update={"model": recipe.model.model_copy(update={"prompt": "answer-only"})}
+            )
+        )
+        != "1c0d2def5a5de9f5"
+    )

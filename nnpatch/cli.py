@@ -34,20 +34,47 @@ with --resume, which refuses if the recipe, the model's weights or the pairs cha
 
 class OneLineGroup(click.Group):
     """A usage error is one `Error:` line and exit 2, like every other nnpatch error (click
-    would print the usage and a hint around it)."""
+    would print the usage and a hint around it).
+
+    Other libraries' warnings, from their imports on, are held back while a command runs:
+    dropped when it is refused or stopped (its one line is all it says), shown once each
+    after it succeeds (a `warning:` line naming the library), and shown before the
+    traceback of an unexpected failure, which they may explain."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from nnpatch.held_back import held_back, nothing_held, shown
+
+        argv = sys.argv[1:] if args is None else list(args)
+        asks_help = not argv or {"-h", "--help", "--version"} & set(argv)
+        with nothing_held() if asks_help else held_back() as held:
+            try:
+                code = self._one_line(args, prog_name, complete_var, **extra)
+            except SystemExit as stop:
+                if stop.code in (0, None):  # a command that ends itself as a success
+                    _warn(shown(held))
+                raise
+            except BaseException:
+                _warn(shown(held))
+                raise
+        _warn(shown(held))
+        if standalone_mode:
+            sys.exit(code if isinstance(code, int) else 0)
+        return code
+
+    def _one_line(self, args, prog_name, complete_var, **extra):
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as err:
             click.echo(f"Error: {err.format_message()}", err=True)
             sys.exit(err.exit_code)
         except click.exceptions.Abort:
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
-        if standalone_mode:
-            sys.exit(code if isinstance(code, int) else 0)
-        return code
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
 
 
 @click.group(
@@ -226,7 +253,9 @@ def report(run_dir: str) -> None:
     type=click.Path(file_okay=False),
     help="Output folder (default: outputs/compare/<A>_vs_<B>).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Bootstrap seed."
+)
 def compare(run_a: str, run_b: str, out: str | None, seed: int) -> None:
     """Difference heatmaps A - B with bootstrap CIs (paired when the runs share pairs)."""
     from pathlib import Path
@@ -301,7 +330,7 @@ def pairs() -> None:
     help="dataset: a Hugging Face save_to_disk folder (pip install 'nnpatch[datasets]').",
 )
 @click.option("--n", type=click.IntRange(min=1), help="Stop after N pairs.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def pairs_gsm8k(input_path: str, out_path: str, out_format: str, n: int | None, seed: int) -> None:
     """Change one number per GSM8K problem and recompute its answer through the annotations.
 
@@ -365,24 +394,12 @@ def _stop_signals():
 
 class _errors:
     """Turn nnpatch errors and refused file operations into one `Error:` line on stderr and
-    exit code 2; Ctrl-C into 130 and stop signals into 128 + the signal's number. Other
-    libraries' warnings are held back meanwhile: dropped when the command fails, shown once
-    each (a `warning:` line naming the library) when it succeeds."""
+    exit code 2; Ctrl-C into 130 and stop signals into 128 + the signal's number."""
 
     def __enter__(self) -> None:
-        from nnpatch.held_back import held_back
-
-        self._holding = held_back()
-        self._held = self._holding.__enter__()
         return None
 
     def __exit__(self, kind, err, tb) -> bool:
-        from nnpatch.held_back import shown
-
-        self._holding.__exit__(None, None, None)
-        if err is None:
-            for line in shown(self._held):
-                click.echo(f"warning: {line}", err=True)
         if isinstance(err, NnpatchError):
             click.echo(f"Error: {err}", err=True)
             sys.exit(err.exit_code)

@@ -19,8 +19,11 @@ class _Keep(logging.Handler):
         self.held = held
 
     def emit(self, record: logging.LogRecord) -> None:
-        library = record.name.split(".")[0]
-        self.held.append(f"{library}: {' '.join(record.getMessage().split())}")
+        try:
+            library = record.name.split(".")[0]
+            self.held.append(f"{library}: {' '.join(record.getMessage().split())}")
+        except Exception:  # noqa: BLE001 - a malformed record is logging's to report
+            self.handleError(record)
 
 
 @contextmanager
@@ -36,19 +39,30 @@ def held_back():
         saved.append((logger, logger.handlers[:], logger.propagate))
         logger.handlers, logger.propagate = [keep], False
     try:
-        with warnings.catch_warnings(record=True) as caught:  # the filters as they are
-            try:
-                yield held
-            finally:
-                held += [_warning_line(w) for w in caught]
-    finally:
+        with warnings.catch_warnings():  # the filters as they are; shown into `held`
+
+            def hold(message, category, filename, lineno, file=None, line=None):
+                held.append(_warning_line(message, category, filename))
+
+            warnings.showwarning = hold
+            yield held
+    finally:  # as they were, plus any handler a library configured meanwhile
         for logger, handlers, propagate in saved:
-            logger.handlers, logger.propagate = handlers, propagate
+            added = [h for h in logger.handlers if h is not keep and h not in handlers]
+            logger.handlers, logger.propagate = [*handlers, *added], propagate
 
 
-def _warning_line(caught: warnings.WarningMessage) -> str:
-    library = caught.filename.rpartition("site-packages/")[2].split("/")[0] or "python"
-    return f"{library}: {caught.category.__name__}: {' '.join(str(caught.message).split())}"
+@contextmanager
+def nothing_held():
+    """For `--help` and `--version`: nothing to hold, and no library to import."""
+    yield []
+
+
+def _warning_line(message, category: type, filename: str) -> str:
+    path = filename.replace("dist-packages/", "site-packages/")
+    library = path.rpartition("site-packages/")[2].split("/")[0] if "site-packages/" in path else ""
+    library = library or "python"
+    return f"{library}: {category.__name__}: {' '.join(str(message).split())}"
 
 
 def shown(held: list[str]) -> list[str]:

@@ -95,8 +95,8 @@ class Schema:
         options = []
         if node.get("examples"):
             options.append(st.sampled_from(node["examples"]))
-        if node.get("format") == "path":
-            options.append(PATHS)
+        if node.get("format") == "path":  # only names below the example's folder
+            return st.one_of([*options, PATHS])
         if node.get("pattern") is not None:
             options.append(st.from_regex(node["pattern"], fullmatch=True).filter(_printable))
         else:

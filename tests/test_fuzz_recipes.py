@@ -210,6 +210,15 @@ def assert_finished(result, folder: Path, out: str) -> str:
     return manifest["model"]["name"]
 
 
+@pytest.fixture
+def isolated(monkeypatch, tmp_path):
+    """The same draws behave the same on any machine: no W&B login or mode, no hub."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.mark.fuzz
 @settings(
     max_examples=EXAMPLES,
@@ -220,7 +229,9 @@ def assert_finished(result, folder: Path, out: str) -> str:
     suppress_health_check=list(HealthCheck),
 )
 @given(drawn=recipes())
-def test_every_drawn_recipe_is_refused_in_one_line_or_runs(drawn, tmp_path_factory, capfd):
+def test_every_drawn_recipe_is_refused_in_one_line_or_runs(
+    drawn, tmp_path_factory, capfd, isolated
+):
     """Every drawn recipe: one Error line naming file and field (exit 2, nothing written),
     or a finished folder with finite baselines; never a traceback or another library's line."""
     tables, overrides, written = drawn

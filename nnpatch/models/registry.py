@@ -4,7 +4,7 @@ in the recipe). Facts are from the authors' training and test scripts (see the R
 table of families); releases whose family nnpatch cannot load yet are listed with why, so a
 recipe naming one is told so in one line instead of failing on the files.
 
-Data only: importing this module loads no model code.
+The module holds data only (no model code of its own).
 """
 
 from __future__ import annotations
@@ -135,7 +135,14 @@ RELEASES: dict[str, Release] = {
                 "it with lora_alpha 16 and no prj, and its eos placement is unknown"
             ),
         ),
-        _cywinski("cds-jb/codi_qwen3-8b-answer_only", "Qwen/Qwen3-8B", "8B", 4096, ""),
+        _cywinski(
+            "cds-jb/codi_qwen3-8b-answer_only",
+            "Qwen/Qwen3-8B",
+            "8B",
+            4096,
+            "its eos before the thought and answer-only prompt are inferred (its card and a "
+            "third-party loader); override model.eos_before_thought / model.prompt if needed",
+        ),
         Release(
             "whyNLP/pccot-gpt2",
             "PCCoT",

@@ -38,6 +38,10 @@ BASE_FILES = [
     "vocab*",
     "merges.txt",
 ]
+NAMED_TOKENS = ("<|bocot|>", "<|eocot|>")  # Cywiński et al.'s thought markers
+# where a tokenizer saved beside the weights keeps its tokens
+TOKENIZER_FILES = [f for f in BASE_FILES if f != "config.json"] + ["added_tokens.json"]
+TOKEN_LISTS = ("tokenizer.json", "tokenizer_config.json", "added_tokens.json")
 # CODI's test.py reads the first two; SIM-CoT's GPT-2 CODI ships its one shard under the
 # third name
 WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin", "model-00001-of-00001.safetensors"]
@@ -96,7 +100,7 @@ def _base(section):
 def _weights(section) -> tuple[str, dict[str, torch.Tensor]]:
     if not section.checkpoint:
         raise ModelError("model.checkpoint: required (a folder, a weights file or a hub id)")
-    patterns = [*WEIGHT_FILES, "checkpoint_*", "tokenizer*", "special_tokens_map.json"]
+    patterns = [*WEIGHT_FILES, "checkpoint_*", *TOKENIZER_FILES]
     folder = resolve_folder(section.checkpoint, "model.checkpoint", patterns, section.revision)
     path = weights_file(folder, section.checkpoint, "model.checkpoint", WEIGHT_FILES)
     return str(path), read_state_dict(path)
@@ -159,16 +163,19 @@ def load_codi(section) -> ThoughtModel:
     )
 
 
-NAMED_TOKENS = ("<|bocot|>", "<|eocot|>")  # Cywiński et al.'s thought markers
-
-
 def _shipped_tokenizer(weights: str):
     """The checkpoint folder's own tokenizer when it names the thought markers (Cywiński
     et al. push it with the weights), else None (zhenyi4: the base's, bare ids)."""
     from transformers import AutoTokenizer
 
     folder = Path(weights).parent
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+    texts = []
+    for name in TOKEN_LISTS:  # read as text first: a folder without the markers (zhenyi4's
+        try:  # releases) never has its tokenizer loaded, whatever state it is in
+            texts.append((folder / name).read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+    if not all(any(token in text for text in texts) for token in NAMED_TOKENS):
         return None
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)

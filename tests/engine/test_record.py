@@ -146,12 +146,15 @@ def test_a_record_run_killed_mid_export_resumes_to_the_same_tensors(tmp_path):
             stderr=stderr,
         )
     deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert process.poll() is None, said.read_text()
-        assert time.monotonic() < deadline, "the export never started"
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    try:
+        while not marker.exists():
+            assert process.poll() is None, said.read_text()
+            assert time.monotonic() < deadline, "the export never started"
+            time.sleep(0.05)
+    finally:  # killed mid-export, or (the test failing) never left behind
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait()
     (folder,) = (killed_dir / "outputs" / "test").iterdir()
     assert not (folder / "activations.safetensors").exists()  # only its temporary, half
     result = CliRunner().invoke(main, ["run", "--resume", str(folder)])

@@ -84,6 +84,11 @@ class ModelSection(Section):
     def _one_source(self) -> ModelSection:
         if self.preset is not None and self.kind is not None:
             raise ValueError("set either preset or kind (with checkpoint and base), not both")
+        if self.preset is None and self.kind is None:
+            raise ValueError(
+                f"names no model; set model.preset (one of {', '.join(PRESETS)}), "
+                "model.kind with its checkpoint, or a checkpoint `nnpatch models` lists"
+            )
         return self
 
 

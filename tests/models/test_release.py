@@ -56,14 +56,9 @@ def codi_loop(module, ids: list[int], answer: list[int], vocab: int, prefix: lis
     return logits[first : first + len(answer)], tokens
 
 
-@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_codi_release_matches_peft_reference(tmp_path, family, fmt):
-    """Merged-LoRA nnpatch model = peft module in CODI's loop (logits within 1e-5, greedy)."""
-    module, base, checkpoint = write_codi_release(tmp_path, family, fmt)
-    model = load_codi(codi_section(base, checkpoint))
-    report = model.key_report
-    assert not report.missing and not report.unexpected and len(report.merged_lora) > 0
+def assert_agrees_with_codi_loop(model, module) -> None:
+    """The loaded model's teacher-forced answer logits (within 1e-5) and greedy tokens equal
+    CODI's loop on the release's own peft module."""
     vocab = model.module.pad_id
     answer = model.answer_ids(PAIR.clean_answer)
     expected, greedy = codi_loop(
@@ -75,6 +70,17 @@ def test_codi_release_matches_peft_reference(tmp_path, family, fmt):
         tokens = model.module.generate(encoded.input_ids, encoded.attention_mask, -1, max_new=12)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     assert tokens[0] == greedy
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_codi_release_matches_peft_reference(tmp_path, family, fmt):
+    """Merged-LoRA nnpatch model = peft module in CODI's loop (logits within 1e-5, greedy)."""
+    module, base, checkpoint = write_codi_release(tmp_path, family, fmt)
+    model = load_codi(codi_section(base, checkpoint))
+    report = model.key_report
+    assert not report.missing and not report.unexpected and len(report.merged_lora) > 0
+    assert_agrees_with_codi_loop(model, module)
 
 
 def test_lora_scale_uses_alpha_over_rank(tmp_path):
@@ -261,17 +267,7 @@ def test_simcot_codi_release_drops_its_decoder_by_name(tmp_path, family):
     assert not report.missing and not report.unexpected
     assert report.dropped == {"decoder.* (SIM-CoT's training-only step decoder)": decoder_keys}
     assert any("dropped on purpose: " in line for line in report.lines())
-    vocab = model.module.pad_id
-    answer = model.answer_ids(PAIR.clean_answer)
-    expected, greedy = codi_loop(
-        module, model.question_ids(PAIR.clean_question), answer, vocab, model.prefix_ids()
-    )
-    encoded = model.encode([PAIR.clean_question], [answer], [answer])
-    with torch.no_grad():
-        logits = model.module(*encoded.args())[0][0]
-        tokens = model.module.generate(encoded.input_ids, encoded.attention_mask, -1, max_new=12)
-    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
-    assert tokens[0] == greedy
+    assert_agrees_with_codi_loop(model, module)
 
 
 def test_a_decoder_key_the_model_lacks_is_still_unexpected(tmp_path):

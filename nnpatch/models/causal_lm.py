@@ -234,16 +234,13 @@ def _answer_width(encoded: Encoded) -> int:
     return max(encoded.clean_answer.shape[1], encoded.corrupt_answer.shape[1])
 
 
-TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt", "*.model"]
-
-
 def load_remote_causal_lm(section) -> CausalLM:
     """A hosted model for NDIF: its architecture on the meta device, built from the config;
     only the config and tokenizer are read here, never the weights."""
     from nnsight.modeling.transformers import TransformersModel
     from transformers import AutoTokenizer
 
-    from nnpatch.models.hub import first_line, refuse_custom_code, resolve_folder
+    from nnpatch.models.hub import TOKENIZER_FILES, first_line, refuse_custom_code, resolve_folder
 
     if not section.checkpoint:
         raise ModelError("model.checkpoint: required (the hub id NDIF hosts)")
@@ -269,9 +266,9 @@ def load_remote_causal_lm(section) -> CausalLM:
 
 def load_causal_lm(section) -> CausalLM:
     """A Hugging Face causal LM folder or hub id; every weight must load."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from nnpatch.models.hub import first_line, refuse_custom_code, resolve_folder
+    from nnpatch.models.hub import first_line, load_tokenizer, refuse_custom_code, resolve_folder
 
     if not section.checkpoint:
         raise ModelError("model.checkpoint: required (a model folder or hub id)")
@@ -301,12 +298,7 @@ def load_causal_lm(section) -> CausalLM:
         raise ModelError(
             f"model.checkpoint: {folder}: cannot load it ({first_line(err)})"
         ) from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, trust_remote_code=False)
-    except Exception as err:  # noqa: BLE001 - a broken tokenizer file: one line
-        raise ModelError(
-            f"{tokenizer_field}: {tokenizer_folder}: cannot load its tokenizer ({first_line(err)})"
-        ) from None
+    tokenizer = load_tokenizer(tokenizer_folder, tokenizer_field)
     tied = {"lm_head.weight"} if getattr(lm.config, "tie_word_embeddings", False) else set()
     missing = sorted(set(info.get("missing_keys", [])) - tied)
     unexpected = sorted(info.get("unexpected_keys", []))

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from nnpatch.errors import ModelError
 
+# the files a saved tokenizer consists of, for downloads that need only it
+TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt", "*.model"]
+
 
 def resolve_folder(ref: str, field: str, patterns: list[str], revision: str | None = None) -> Path:
     """The local folder for `ref` (a directory, or a hub id fetched into the HF cache)."""
@@ -75,6 +78,19 @@ def refuse_custom_code(folder: Path, field: str) -> None:
                 f"{field}: {file} asks for custom code (auto_map); nnpatch never runs code "
                 "from a model folder: use a model of a standard transformers architecture"
             )
+
+
+def load_tokenizer(folder: Path, field: str):
+    """The tokenizer saved in `folder`, never running its code; a broken one is one line
+    naming the recipe field and the folder."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - a broken tokenizer file: one line
+        raise ModelError(
+            f"{field}: {folder}: cannot load its tokenizer ({first_line(err)})"
+        ) from None
 
 
 def first_line(err: BaseException) -> str:

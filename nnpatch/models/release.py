@@ -25,22 +25,22 @@ from nnpatch.models.base import ANSWER_PREFIX, ThoughtModel
 from nnpatch.models.causal_lm import load_causal_lm
 from nnpatch.models.checkpoint import KeyReport, load_exactly, merge_lora, read_state_dict
 from nnpatch.models.codi import CodiModel, Projection
-from nnpatch.models.hub import first_line, refuse_custom_code, resolve_folder, weights_file
+from nnpatch.models.hub import (
+    TOKENIZER_FILES,
+    first_line,
+    load_tokenizer,
+    refuse_custom_code,
+    resolve_folder,
+    weights_file,
+)
 
 CODI_PREFIX = "codi.base_model.model."
 COCONUT_PREFIX = "base_causallm."
 COCONUT_TOKENS = ["<|start-latent|>", "<|end-latent|>", "<|latent|>"]  # the order run.py adds
-BASE_FILES = [
-    "config.json",
-    "tokenizer*",
-    "special_tokens_map.json",
-    "*.model",
-    "vocab*",
-    "merges.txt",
-]
+BASE_FILES = ["config.json", *TOKENIZER_FILES]
 NAMED_TOKENS = ("<|bocot|>", "<|eocot|>")  # Cywiński et al.'s thought markers
-# where a tokenizer saved beside the weights keeps its tokens
-TOKENIZER_FILES = [f for f in BASE_FILES if f != "config.json"] + ["added_tokens.json"]
+# a tokenizer saved beside the weights, and the files that list its tokens
+SHIPPED_TOKENIZER = [*TOKENIZER_FILES, "added_tokens.json"]
 TOKEN_LISTS = ("tokenizer.json", "tokenizer_config.json", "added_tokens.json")
 # CODI's test.py reads the first two; SIM-CoT's GPT-2 CODI ships its one shard under the
 # third name
@@ -100,7 +100,7 @@ def _base(section):
 def _weights(section) -> tuple[str, dict[str, torch.Tensor]]:
     if not section.checkpoint:
         raise ModelError("model.checkpoint: required (a folder, a weights file or a hub id)")
-    patterns = [*WEIGHT_FILES, "checkpoint_*", *TOKENIZER_FILES]
+    patterns = [*WEIGHT_FILES, "checkpoint_*", *SHIPPED_TOKENIZER]
     folder = resolve_folder(section.checkpoint, "model.checkpoint", patterns, section.revision)
     path = weights_file(folder, section.checkpoint, "model.checkpoint", WEIGHT_FILES)
     return str(path), read_state_dict(path)
@@ -166,8 +166,6 @@ def load_codi(section) -> ThoughtModel:
 def _shipped_tokenizer(weights: str):
     """The checkpoint folder's own tokenizer when it names the thought markers (Cywiński
     et al. push it with the weights), else None (zhenyi4: the base's, bare ids)."""
-    from transformers import AutoTokenizer
-
     folder = Path(weights).parent
     texts = []
     for name in TOKEN_LISTS:  # read as text first: a folder without the markers (zhenyi4's
@@ -177,12 +175,7 @@ def _shipped_tokenizer(weights: str):
             continue
     if not all(any(token in text for text in texts) for token in NAMED_TOKENS):
         return None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    except Exception as err:  # noqa: BLE001 - a broken tokenizer file: one line
-        raise ModelError(
-            f"model.checkpoint: {folder}: cannot load its tokenizer ({first_line(err)})"
-        ) from None
+    tokenizer = load_tokenizer(folder, "model.checkpoint")
     vocab = tokenizer.get_vocab()
     return tokenizer if all(token in vocab for token in NAMED_TOKENS) else None
 

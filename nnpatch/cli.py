@@ -278,26 +278,10 @@ def compare(run_a: str, run_b: str, out: str | None, seed: int) -> None:
 @main.command()
 def models() -> None:
     """List the known releases a recipe can name by hub id (model.checkpoint = "<id>")."""
-    from nnpatch.models.registry import RELEASES
+    from nnpatch.models.registry import listing
 
-    header = ("hub id", "family", "base", "size", "K", "datasets", "loads", "also")
-    rows = [
-        (
-            r.hub_id,
-            r.family,
-            r.base,
-            r.size,
-            "?" if r.num_thoughts is None else str(r.num_thoughts),
-            r.datasets,
-            f"yes (kind {r.kind})" if r.kind else f"not yet: needs {r.not_yet}",
-            r.also or "-",
-        )
-        for r in RELEASES.values()
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 2)]
-    for row in [header, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        click.echo("  ".join([*cells, row[-2], row[-1]]).rstrip())
+    for line in listing():
+        click.echo(line)
 
 
 @main.group()

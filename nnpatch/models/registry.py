@@ -4,7 +4,7 @@ in the recipe). Facts are from the authors' training and test scripts (see the R
 table of families); releases whose family nnpatch cannot load yet are listed with why, so a
 recipe naming one is told so in one line instead of failing on the files.
 
-The module holds data only (no model code of its own).
+The module holds data and its listing (`nnpatch models`), no model code.
 """
 
 from __future__ import annotations
@@ -165,3 +165,27 @@ RELEASES: dict[str, Release] = {
         ),
     )
 }
+
+
+def listing() -> list[str]:
+    """`nnpatch models`: one aligned line per release (what loads it, what else it needs)."""
+    header = ("hub id", "family", "base", "size", "K", "datasets", "loads", "also")
+    rows = [
+        (
+            r.hub_id,
+            r.family,
+            r.base,
+            r.size,
+            "?" if r.num_thoughts is None else str(r.num_thoughts),
+            r.datasets,
+            f"yes (kind {r.kind})" if r.kind else f"not yet: needs {r.not_yet}",
+            r.also or "-",
+        )
+        for r in RELEASES.values()
+    ]
+    # the last two columns are free text of any length: only the others are aligned
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 2)]
+    return [
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), *row[-2:]]).rstrip()
+        for row in [header, *rows]
+    ]

@@ -60,8 +60,8 @@ def nothing_held():
 
 def _warning_line(message, category: type, filename: str) -> str:
     path = filename.replace("dist-packages/", "site-packages/")
-    library = path.rpartition("site-packages/")[2].split("/")[0] if "site-packages/" in path else ""
-    library = library or "python"
+    installed = path.rpartition("site-packages/")[2] if "site-packages/" in path else ""
+    library = installed.split("/")[0] or "python"  # the package that warned
     return f"{library}: {category.__name__}: {' '.join(str(message).split())}"
 
 

@@ -54,9 +54,7 @@ def selected_layers(patch, model: ModelShape, source: str | Path) -> list[int | 
                 f"layer {layer} is out of range for {model.name} (layers 0..{top})",
                 "use layers in range or 'all'",
             )
-    if len(set(layers)) != len(layers):
-        raise RecipeError(source, "patch.layers", "a layer is listed twice", "list each once")
-    return list(layers)
+    return list(layers)  # each listed once: checked where Layers is declared
 
 
 def selected_positions(

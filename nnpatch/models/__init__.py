@@ -38,14 +38,7 @@ def build_model(
     device = _device(section.device, source)
     if section.preset is not None:
         model = _preset(section, source)
-    elif section.kind is None:
-        raise RecipeError(
-            source,
-            "model",
-            "names no model",
-            f"set model.preset (one of {', '.join(PRESETS)}) or model.kind",
-        )
-    else:
+    else:  # a validated section names a preset or a kind
         if section.kind not in LOADERS:
             raise RecipeError(
                 source,

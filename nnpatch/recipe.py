@@ -20,6 +20,8 @@ from nnpatch.engine.metrics import METRICS
 from nnpatch.engine.modes import MODES, SECTIONS
 from nnpatch.errors import RecipeError
 from nnpatch.fields import Float, Int, PathText, Section, Seed, Text
+from nnpatch.models.kinds import KINDS, recognise
+from nnpatch.models.kinds.files import as_path
 from nnpatch.models.presets import PRESETS
 from nnpatch.models.registry import RELEASES
 from nnpatch.pairs.builtin import BUILTIN as BUILTIN_SETS
@@ -31,7 +33,7 @@ DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 class ModelSection(Section):
     preset: str | None = Field(default=None, json_schema_extra={"examples": list(PRESETS)})
-    kind: Literal["codi", "coconut", "causal_lm"] | None = None
+    kind: Literal[tuple(KINDS)] | None = None  # type: ignore[valid-type]
     checkpoint: PathText | None = None  # a folder, or a Hugging Face hub id
     base: PathText | None = None
     revision: Text | None = None
@@ -67,7 +69,7 @@ class ModelSection(Section):
         checkpoint = data.get("checkpoint")
         release = RELEASES.get(checkpoint) if isinstance(checkpoint, str) else None
         if release is None:
-            return data
+            return _recognised_kind(data)
         if release.kind is None:
             raise ValueError(
                 f"{checkpoint} is a {release.family} release, which this nnpatch cannot load "
@@ -92,18 +94,28 @@ class ModelSection(Section):
         return self
 
 
-# model fields that mean something only for some kinds; elsewhere they would be ignored
+def _recognised_kind(data: dict) -> dict:
+    """A local checkpoint folder named without a kind: the kind its files show, when only
+    one kind's release layout fits them."""
+    folder = as_path(data.get("checkpoint")) if "kind" not in data else None
+    if folder is None:
+        return data
+    kinds = recognise(folder)
+    if len(kinds) == 1:
+        return {**data, "kind": kinds[0]}
+    which = f"its files fit {' and '.join(kinds)}" if kinds else "no known layout fits its files"
+    raise ValueError(
+        f"{folder}: {which}; set model.kind (one of {', '.join(KINDS)}) and model.base"
+    )
+
+
+PRESET_FIELDS = ("num_thoughts", "answer_prefix")  # what a preset's builder takes
+# model fields that mean something only for some kinds (each kind lists its own); elsewhere
+# they would be ignored
 KIND_FIELDS = {
-    "revision": ("codi", "coconut", "causal_lm"),
-    "checkpoint": ("codi", "coconut", "causal_lm"),
-    "base": ("codi", "coconut", "causal_lm"),
-    "prj_dim": ("codi",),
-    "lora_r": ("codi",),
-    "lora_alpha": ("codi",),
-    "num_thoughts": ("codi", "coconut", "preset"),
-    "answer_prefix": ("causal_lm", "preset"),
-    "eos_before_thought": ("codi",),
-    "prompt": ("codi",),
+    name: tuple(k for k, kind in KINDS.items() if name in kind.fields)
+    + (("preset",) if name in PRESET_FIELDS else ())
+    for name in sorted({f for kind in KINDS.values() for f in kind.fields})
 }
 
 

@@ -1164,7 +1164,7 @@ EXPECTED: dict[str, str] = {
     "fdr one": "{tmp}/base.toml: stats.fdr: Input should be less than 1; got 1.0",
     "fdr as a boolean": "{tmp}/base.toml: stats.fdr: Input should be a valid number; got True",
     "fdr as text": "{tmp}/base.toml: stats.fdr: Input should be a valid number; got '5%'",
-    "mediation on a plain LM": "{tmp}/base.toml: patch.mode: mediation follows a thought loop and tiny-random-gpt2 has none (a plain LM); use a CODI or Coconut model",
+    "mediation on a plain LM": "{tmp}/base.toml: patch.mode: mediation follows a thought loop and tiny-random-gpt2 has none (a plain LM); use a continuous-thought model (`nnpatch models` lists them)",
     "mediation at the attn site": "{tmp}/base.toml: patch.site: Input should be 'resid' or 'thought'; got 'attn'",
     "a source on mediation": "{tmp}/base.toml: patch.source: unknown key; remove it or check its spelling against the README's recipe reference",
     "knockout to eot": "{tmp}/base.toml: patch.to: eot is a query of the answer, not a key before it; drop eot",
@@ -1191,6 +1191,6 @@ EXPECTED: dict[str, str] = {
     "knockout to nothing": "{tmp}/base.toml: patch.to: List should have at least 1 item after validation, not 0; got []",
     "knockout of both runs": "{tmp}/base.toml: patch.run: Input should be 'clean' or 'corrupted'; got 'both'",
     "a direction on knockout": "{tmp}/base.toml: patch.direction: unknown key; remove it or check its spelling against the README's recipe reference",
-    "knockout on a plain LM": "{tmp}/base.toml: patch.mode: knockout cuts attention inside a thought loop and tiny-random-gpt2 has none; use a CODI or Coconut model",
+    "knockout on a plain LM": "{tmp}/base.toml: patch.mode: knockout cuts attention inside a thought loop and tiny-random-gpt2 has none; use a continuous-thought model (`nnpatch models` lists them)",
     "knockout from a thought out of range": "{tmp}/base.toml: patch.from: thought position 99 is out of range for tiny-random-codi (thoughts 0..5); use 0..5",
 }

@@ -11,8 +11,8 @@ import torch
 from nnpatch.errors import ModelError, RecipeError
 from nnpatch.models.base import ModelShape, ThoughtModel
 from nnpatch.models.causal_lm import load_remote_causal_lm
+from nnpatch.models.kinds import KINDS
 from nnpatch.models.presets import PLAIN_PRESETS, PRESETS
-from nnpatch.models.release import LOADERS
 
 if TYPE_CHECKING:
     from nnpatch.recipe import ModelSection
@@ -39,15 +39,15 @@ def build_model(
     if section.preset is not None:
         model = _preset(section, source)
     else:  # a validated section names a preset or a kind
-        if section.kind not in LOADERS:
+        if section.kind not in KINDS:
             raise RecipeError(
                 source,
                 "model.kind",
                 f"{section.kind!r} is not supported yet",
-                f"use one of {', '.join(LOADERS)}",
+                f"use one of {', '.join(KINDS)}",
             )
         try:
-            model = LOADERS[section.kind](section)
+            model = KINDS[section.kind].load(section)
         except ModelError as err:
             raise ModelError(f"{source}: {err}") from None
     model.module.to(device=device, dtype=DTYPES[section.dtype])
@@ -55,31 +55,19 @@ def build_model(
 
 
 def model_shape(section: ModelSection, source: str | Path = "<recipe>") -> ModelShape:
-    """Layers and thoughts from a preset or a checkpoint's base config, without weights."""
+    """Layers and positions from a preset or a checkpoint's base config, without weights."""
     if section.kind is None:
         return _preset(section, source).shape
-    if section.kind == "causal_lm":
+    kind = KINDS[section.kind]
+    if kind.shape is None:
         raise ModelError(
-            f"{source}: a causal_lm's positions are span tokens, known once its "
-            "tokenizer reads the pairs; nnpatch inspect or run checks them"
+            f"{source}: a {kind.name}'s positions are known once it reads the pairs; "
+            "nnpatch inspect or run checks them"
         )
-    from transformers import AutoConfig
-
-    from nnpatch.models.hub import first_line, refuse_custom_code, resolve_folder
-
     try:
-        if not section.base:
-            raise ModelError("model.base: required for checkpoints")
-        folder = resolve_folder(section.base, "model.base", ["config.json"], section.revision)
-        refuse_custom_code(folder, "model.base")
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        return kind.shape(section)
     except ModelError as err:
         raise ModelError(f"{source}: {err}") from None
-    except Exception as err:  # noqa: BLE001 - a broken config file: one line
-        raise ModelError(f"{source}: model.base: {first_line(err)}") from None
-    name = section.checkpoint or section.base
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
-    return ModelShape(name, config.num_hidden_layers, section.num_thoughts or 6, num_heads=heads)
 
 
 def _preset(section: ModelSection, source: str | Path) -> ThoughtModel:

@@ -166,10 +166,10 @@ class PlacedModule:
     def lens_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states [..., d] read as the model reads its last one: its own final norm,
         then its LM head, in float32 (the logit lens)."""
+        from nnpatch.models.architectures import architecture_of
         from nnpatch.models.codi import float32_logits
-        from nnpatch.models.families import family_of
 
-        norm = self.lm.get_submodule(family_of(self.lm).norm_path)
+        norm = self.lm.get_submodule(architecture_of(self.lm).norm_path)
         return float32_logits(self.lm.lm_head, norm(hidden.to(self.dtype)))
 
 
@@ -226,7 +226,7 @@ class ThoughtModel(PlacedModule):
             return Cell("prj", int(position), 0, False)
         if layer is None:
             raise ModelError(f"site {site!r} needs a layer")
-        path = "lm." + self.module.family.site_path(site, layer)
+        path = "lm." + self.module.architecture.site_path(site, layer)
         if position == "bot":
             call, token = 0, -1
         elif position == "eot":

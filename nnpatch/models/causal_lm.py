@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nnpatch.errors import ModelError, PairsError
+from nnpatch.models.architectures import Architecture, architecture_of
 from nnpatch.models.base import (
     ANSWER_PREFIX,
     Cell,
@@ -27,7 +28,6 @@ from nnpatch.models.base import (
     PlacedModule,
     pad_rows,
 )
-from nnpatch.models.families import Family, family_of
 
 MARKERS = ("[[", "]]")
 
@@ -52,7 +52,7 @@ class CausalLM(PlacedModule):
         self.name = name
         self.answer_prefix = answer_prefix
         self.markers = markers
-        self.family: Family = family_of(lm)
+        self.architecture: Architecture = architecture_of(lm)
         self.span_length: int | None = None  # longest span over the bound pairs
         self.span_lengths: dict[str, int] = {}  # pair id → its span's token count
         self.key_report = None
@@ -162,7 +162,7 @@ class CausalLM(PlacedModule):
                 f"plain causal LMs patch {'/'.join(self.sites)} at span token "
                 f"indices, not site {site!r} at position {position!r}"
             )
-        path = self.family.site_path(site, layer)
+        path = self.architecture.site_path(site, layer)
         if site == "head":  # no head: the whole input (every head), as the baselines read it
             features = None if head is None else self.head_features(head)
             return Cell(path, 0, int(position), False, "input", features)

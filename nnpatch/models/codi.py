@@ -21,7 +21,7 @@ from torch import nn
 from torch.torch_version import TorchVersion
 from transformers import DynamicCache, PreTrainedModel
 
-from nnpatch.models.families import Family, family_of
+from nnpatch.models.architectures import Architecture, architecture_of
 
 
 class Projection(nn.Module):
@@ -72,7 +72,7 @@ class CodiModel(nn.Module):
         # the model's own markers, never decoded as text (CODI: pad, bot, eot; Coconut: its
         # three latent tokens, wherever the tokenizer put them)
         self.marker_ids = tuple(marker_ids) if marker_ids is not None else (pad_id, bot_id, eot_id)
-        self.family: Family = family_of(lm)
+        self.architecture: Architecture = architecture_of(lm)
 
     @property
     def num_layers(self) -> int:
@@ -91,7 +91,7 @@ class CodiModel(nn.Module):
         embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One decoder call on new tokens; returns the final-norm hidden states."""
-        decoder = self.family.decoder(self.lm)
+        decoder = self.architecture.decoder(self.lm)
         out = decoder(
             input_ids=ids,
             inputs_embeds=embeds,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nnpatch.models.base import ThoughtModel
-from nnpatch.models.release import load_codi_files
+from nnpatch.models.kinds.codi import load_codi_files
 from nnpatch.models.tiny import tiny_random_codi, tiny_random_lm
 
 TOY_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "toy-codi"

@@ -5,8 +5,8 @@ machine) and every traced forward is sent to NDIF as a job; only the reduced met
 donor activations of the baseline pass come back. `"local"` serialises each trace exactly as
 for NDIF and runs it in this process, so a recipe can be checked before it costs anything.
 
-Only hosted plain causal LMs can run there: CODI and Coconut are custom modules (a recurrent
-loop around a base model plus a projection) that NDIF does not host.
+Only hosted plain causal LMs can run there: continuous-thought kinds are custom modules (a
+recurrent loop around a base model) that NDIF does not host (`Kind.hosted`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nnpatch.errors import RecipeError
+from nnpatch.models.kinds import KINDS
 from nnpatch.models.presets import PLAIN_PRESETS
 from nnpatch.recipe import Recipe
 
 if TYPE_CHECKING:
     from nnpatch.engine.modes import Mode
 
-CUSTOM = "CODI and Coconut run a recurrent thought loop and a projection that NDIF does not host"
+HOSTED = next(name for name, kind in KINDS.items() if kind.hosted)
+CUSTOM = "continuous-thought models run a recurrent thought loop that NDIF does not host"
 
 
 def check_remote(recipe: Recipe, source: Path, analysis: Mode, status=None) -> None:
@@ -43,7 +45,7 @@ def check_remote(recipe: Recipe, source: Path, analysis: Mode, status=None) -> N
             f"{model.preset} is a continuous-thought model; {CUSTOM}",
             "run it locally (run.remote = false)",
         )
-    if model.kind in ("codi", "coconut"):
+    if model.kind is not None and not KINDS[model.kind].hosted:
         raise RecipeError(
             source,
             "model.kind",
@@ -57,7 +59,7 @@ def check_remote(recipe: Recipe, source: Path, analysis: Mode, status=None) -> N
             source,
             "model.preset",
             "presets exist only on this machine",
-            "name a hosted hub id: model.kind = 'causal_lm', model.checkpoint = ...",
+            f"name a hosted hub id: model.kind = {HOSTED!r}, model.checkpoint = ...",
         )
     from nnsight import CONFIG
 

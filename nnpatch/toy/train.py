@@ -119,7 +119,7 @@ def student_forward(module: CodiModel, b: dict):
     )
     mask = torch.cat([state.mask, state.mask.new_ones(tail.shape)], dim=1)
     positions = state.next_position + torch.arange(tail.shape[1])
-    out = module.family.decoder(module.lm)(
+    out = module.architecture.decoder(module.lm)(
         input_ids=tail,
         attention_mask=mask,
         position_ids=positions,

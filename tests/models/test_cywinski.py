@@ -13,7 +13,7 @@ from release_builders import CYWINSKI_TOKENS, write_cywinski_release
 
 from nnpatch.errors import ModelError
 from nnpatch.models.base import ANSWER_ONLY
-from nnpatch.models.release import load_codi
+from nnpatch.models.kinds.codi import load_codi
 from nnpatch.pairs.builtin import tiny_arithmetic
 from nnpatch.recipe import ModelSection
 

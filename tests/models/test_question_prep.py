@@ -81,8 +81,9 @@ def test_presets_and_codi_releases_use_codi_preparation(llama, tmp_path):
     Coconut loader uses Coconut's."""
     from release_builders import write_coconut_release, write_codi_release
 
+    from nnpatch.models.kinds.coconut import load_coconut
+    from nnpatch.models.kinds.codi import load_codi
     from nnpatch.models.presets import PRESETS
-    from nnpatch.models.release import load_coconut, load_codi
     from nnpatch.recipe import ModelSection
 
     assert llama.question_style == "codi" and PRESETS["toy-codi"]().question_style == "codi"

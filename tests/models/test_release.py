@@ -15,7 +15,8 @@ from release_builders import (
 )
 
 from nnpatch.errors import ModelError
-from nnpatch.models.release import load_coconut, load_codi
+from nnpatch.models.kinds.coconut import load_coconut
+from nnpatch.models.kinds.codi import load_codi
 from nnpatch.pairs.builtin import tiny_arithmetic
 from nnpatch.recipe import ModelSection
 

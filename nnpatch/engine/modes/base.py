@@ -107,7 +107,7 @@ class Sweep:
 
     def inside_spans(self, rows: list[Row]) -> list[bool]:
         """For each row, whether every position lies inside the receiver's and the donor's
-        span (plain LMs: spans differ in length); every row of a CODI model is inside."""
+        span (plain LMs: spans differ in length); with fixed positions every row is inside."""
         return rows_inside_spans(rows, self.model, self.pairs)
 
     def receiver_tokens(self, direction: str | None = None) -> list[dict[str, tuple[int, str]]]:

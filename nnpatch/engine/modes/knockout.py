@@ -85,7 +85,7 @@ class Knockout(Mode):
                 source,
                 "patch.mode",
                 f"knockout cuts attention inside a thought loop and {shape.name} has none",
-                "use a CODI or Coconut model",
+                "use a continuous-thought model (`nnpatch models` lists them)",
             )
         queries = _queries(patch, shape, source)
         keys = _keys(patch, shape, source, queries)
@@ -226,7 +226,7 @@ class KnockoutEngine(Engine):
         device = self.model.device
         by_call: dict[int, list[Op]] = defaultdict(list)
         for (layer, call), (rows, keys) in sorted(cuts.items(), key=lambda item: item[0][::-1]):
-            path = "lm." + self.model.module.family.site_path("attn", layer)
+            path = "lm." + self.model.module.architecture.site_path("attn", layer)
             by_call[call].append(
                 Op(
                     (layer, "mask"),

@@ -78,7 +78,7 @@ class Mediation(Mode):
                 source,
                 "patch.mode",
                 f"mediation follows a thought loop and {shape.name} has none (a plain LM)",
-                "use a CODI or Coconut model",
+                "use a continuous-thought model (`nnpatch models` lists them)",
             )
         check_site(patch, shape, source)
         layers = selected_layers(patch, shape, source)

@@ -1,4 +1,5 @@
-"""One table per base-model family: where the abstract sites live inside the HF module.
+"""One table per base architecture (Llama, GPT-2, Qwen3): where the abstract sites live inside
+the HF module.
 
 Recipes and result files only ever name `resid`, `attn`, `mlp`, `thought`; the module paths
 below are resolved here and nowhere else.
@@ -14,7 +15,7 @@ from nnpatch.errors import ModelError
 
 
 @dataclass(frozen=True)
-class Family:
+class Architecture:
     name: str
     decoder_path: str  # the decoder stack inside the CausalLM, e.g. "model"
     layers_attr: str  # the ModuleList of decoder layers inside the decoder
@@ -45,19 +46,19 @@ class Family:
         raise ModelError(f"site {site!r} has no per-layer module")
 
 
-FAMILIES = {
-    "llama": Family("llama", "model", "layers", "self_attn", "mlp", "model.norm", "o_proj"),
-    "gpt2": Family("gpt2", "transformer", "h", "attn", "mlp", "transformer.ln_f", "c_proj"),
+ARCHITECTURES = {
+    "llama": Architecture("llama", "model", "layers", "self_attn", "mlp", "model.norm", "o_proj"),
+    "gpt2": Architecture("gpt2", "transformer", "h", "attn", "mlp", "transformer.ln_f", "c_proj"),
     # Qwen3 lays its decoder out as Llama does (its q/k norms sit inside self_attn)
-    "qwen3": Family("qwen3", "model", "layers", "self_attn", "mlp", "model.norm", "o_proj"),
+    "qwen3": Architecture("qwen3", "model", "layers", "self_attn", "mlp", "model.norm", "o_proj"),
 }
 
 
-def family_of(lm: nn.Module) -> Family:
-    """The family table for a Hugging Face CausalLM, from its config's model_type."""
+def architecture_of(lm: nn.Module) -> Architecture:
+    """The architecture table for a Hugging Face CausalLM, from its config's model_type."""
     model_type = getattr(lm.config, "model_type", None)
-    if model_type not in FAMILIES:
+    if model_type not in ARCHITECTURES:
         raise ModelError(
-            f"model_type {model_type!r} is not supported; nnpatch knows {sorted(FAMILIES)}"
+            f"model_type {model_type!r} is not supported; nnpatch knows {sorted(ARCHITECTURES)}"
         )
-    return FAMILIES[model_type]
+    return ARCHITECTURES[model_type]

@@ -90,8 +90,8 @@ def _names_in_code(path: Path) -> set[str]:
             names.add(node.id)
         elif isinstance(node, ast.Attribute):
             names.add(node.attr)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            names.add(node.value) if id(node) not in docstrings else None
+        elif isinstance(node, ast.Constant) and id(node) not in docstrings:
+            names.add(str(node.value))
     return names
 
 

@@ -17,7 +17,9 @@ Seed = Annotated[Int, Field(ge=0)]
 # `format` tells tools that read the schema (the tests' fuzzer) what the text is
 Text = Annotated[str, Field(min_length=1)]
 PathText = Annotated[str, Field(min_length=1, json_schema_extra={"format": "path"})]
-Position = Int | Literal["bot", "eot"]
+# a latent slot at an earlier iteration of a parallel loop (PCCoT): "slot@iteration"
+SlotAtIteration = Annotated[str, Field(pattern=r"^\d+@\d+$")]
+Position = Int | Literal["bot", "eot"] | SlotAtIteration
 
 
 def distinct(what: str) -> AfterValidator:

@@ -39,6 +39,9 @@ class ModelSection(Section):
     revision: Text | None = None
     num_thoughts: Int | None = Field(default=None, ge=1, le=64)
     prj_dim: Int | None = Field(default=None, ge=1)
+    # codi: whether the checkpoint has CODI's projection (use_prj); false feeds each final
+    # hidden state back as it is. Stated, never guessed: a file lacking prj.* is an error
+    projection: bool | None = None
     lora_r: Int | None = Field(default=None, ge=1)
     lora_alpha: Float = Field(default=32, gt=0)
     answer_prefix: str | None = None  # causal_lm: text before the answer (default "The answer is:")
@@ -47,7 +50,7 @@ class ModelSection(Section):
     # "answer-only": the question asks for the bare answer, which follows eot directly
     eos_before_thought: bool | None = None
     prompt: Literal["codi", "answer-only"] | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
     device: str = "cpu"
 
     @field_validator("device")

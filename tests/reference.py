@@ -23,8 +23,8 @@ SUBMODULES = {
 
 
 def site_module(model: ThoughtModel, site: str, layer: int | None) -> torch.nn.Module:
-    if site == "thought":
-        return model.module.prj
+    if site == "thought":  # PCCoT: each iteration's slot inputs pass its `slots` identity
+        return getattr(model.module, "slots", model.module.prj)
     decoder, layers, subs = SUBMODULES[model.module.lm.config.model_type]
     block = getattr(getattr(model.module.lm, decoder), layers)[layer]
     return block if site == "resid" else getattr(block, subs[site])
@@ -38,6 +38,29 @@ def call_and_token(site: str, position: str, num_thoughts: int) -> tuple[int, in
     if position == "eot":
         return num_thoughts + 1, 0
     return int(position) + 1, 0
+
+
+def pccot_call_and_token(site: str, position: str, slots: int, iterations: int):
+    """PCCoT's layout (models/modeling_gpt2.py): decoder call 0 runs the question, bot and N
+    placeholders, call t (1..T) iteration t's N slots, call T + 1 eot and the answer; slot
+    inputs of iteration t pass `slots` at call t - 1. "s" is slot s of the last iteration."""
+    if position == "bot":
+        return 0, -(slots + 1)
+    if position == "eot":
+        return iterations + 1, 0
+    slot, _, iteration = position.partition("@")
+    t = int(iteration) if iteration else iterations
+    if site == "thought":
+        return t - 1, int(slot)
+    return t, int(slot) - slots if t == 0 else int(slot)
+
+
+def locate(model, site: str, position: str) -> tuple[int, int]:
+    """(call, token) of a cell in one unpadded forward, by the model's loop."""
+    iterations = getattr(model.module, "num_iterations", None)
+    if iterations is not None:
+        return pccot_call_and_token(site, position, model.num_thoughts, iterations)
+    return call_and_token(site, position, model.num_thoughts)
 
 
 def run_one(
@@ -57,12 +80,16 @@ def run_one(
     handles += [
         module.register_forward_pre_hook(hook, with_kwargs=True) for module, hook in pre_hooks
     ]
+    thoughts = model.module.num_thoughts
+    if hasattr(model, "count"):  # CoLaR: this question thinks its own number of latents
+        model.module.num_thoughts = model.count([question])[0]
     try:
         with torch.no_grad():
             logits_clean, logits_corrupt = model.module(
                 ids, torch.ones_like(ids), prefix, torch.tensor([clean]), torch.tensor([corrupt])
             )
     finally:
+        model.module.num_thoughts = thoughts
         for handle in handles:
             handle.remove()
     return logits_clean[0].double().numpy(), logits_corrupt[0].double().numpy()
@@ -140,7 +167,6 @@ def reference_rows(
     `donors` maps a pair id to the pair whose activations it receives (default: itself).
     """
     rows = []
-    K = model.num_thoughts
     for pair in pairs:
         clean, corrupt = (
             answer_ids(model, pair.clean_answer),
@@ -171,7 +197,7 @@ def reference_rows(
         for spec in specs:
             targets = {}
             for position in spec.positions:
-                call, token = call_and_token(site, position, K)
+                call, token = locate(model, site, position)
                 targets[call] = (token, recorded[(site, spec.layer)][call][:, token])
             patched = run_one(
                 model,
@@ -326,7 +352,6 @@ def source_reference_rows(
 ) -> dict:
     """Every (pair, spec) row's metrics: one hooked recurrent forward per patch, writing
     what `source` defines (heads: a pre-hook on the output projection's input slice)."""
-    K = model.num_thoughts
     rows = {}
     for i, pair in enumerate(pairs):
         clean, corrupt = (
@@ -344,7 +369,7 @@ def source_reference_rows(
         for spec in specs:
             targets: dict = {}
             for position in spec.positions:
-                call, token = call_and_token(site, position, K)
+                call, token = locate(model, site, position)
                 vector = source_vector(
                     model, pairs, i, spec, position, site, direction, source, scale, seed
                 )

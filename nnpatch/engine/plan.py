@@ -74,7 +74,7 @@ def selected_positions(
                 source,
                 field,
                 f"{model.name} has no position {position!r}",
-                "plain causal LMs patch span token indices 0..S-1",
+                f"use {model.describe_positions()}",
             )
         if isinstance(position, int) and not 0 <= position <= top:
             named = model.named_positions and site != "thought"  # thought sites: thoughts only
@@ -89,8 +89,8 @@ def selected_positions(
         raise RecipeError(source, field, "no positions listed", "list at least one, or 'all'")
     if len(set(labels)) != len(labels):
         raise RecipeError(source, field, "a position is listed twice", "list each once")
-    if site == "thought" and not all(label.isdigit() for label in labels):
-        named = next(label for label in labels if not label.isdigit())
+    if site == "thought" and not all(model.thought_input(label) for label in labels):
+        named = next(label for label in labels if not model.thought_input(label))
         raise RecipeError(
             source,
             field,

@@ -17,7 +17,12 @@ from nnpatch.models.presets import PLAIN_PRESETS, PRESETS
 if TYPE_CHECKING:
     from nnpatch.recipe import ModelSection
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,  # slow; for exact comparisons with other code
+}
 
 
 def build_model(

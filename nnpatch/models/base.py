@@ -41,6 +41,7 @@ def answer_only_question(question: str) -> str:
 
 
 QUESTION_STYLES = {
+    "raw": lambda question: question,  # PCCoT's data processor reads the text as it is
     "codi": codi_question,
     "coconut": coconut_question,
     "answer-only": answer_only_question,
@@ -69,11 +70,36 @@ class ModelShape:
     named_positions: bool = True  # bot and eot exist (continuous-thought models)
     sites: tuple[str, ...] = SITES
     num_heads: int | None = None  # attention (query) heads per layer, when known
+    # parallel loops (PCCoT): thoughts are also cells of the iterations before the last one,
+    # labelled "s@t" (slot s at iteration t = 0..iterations-1); a plain "s" is the last
+    iterations: int = 0
+    # modes that cannot apply to this model's loop, and why (one line each)
+    refused_modes: tuple[tuple[str, str], ...] = ()
 
     def position_labels(self) -> list[str]:
-        """Every patchable position, in sequence order: bot, 0..K-1, eot."""
+        """Every patchable position, in sequence order: bot, 0..K-1, eot (with the earlier
+        iterations' slots, s@t, before the last one's)."""
         indices = list(map(str, range(self.num_thoughts)))
-        return ["bot", *indices, "eot"] if self.named_positions else indices
+        earlier = [f"{s}@{t}" for t in range(self.iterations) for s in indices]
+        return ["bot", *earlier, *indices, "eot"] if self.named_positions else indices
+
+    def describe_positions(self) -> str:
+        """The positions a recipe may name, as a hint."""
+        top = self.num_thoughts - 1
+        if not self.named_positions:
+            return f"span token indices 0..{top}"
+        text = f"thoughts 0..{top}, 'bot' or 'eot'"
+        if self.iterations:
+            text += f", or 's@t' for slot s at an earlier iteration t = 0..{self.iterations - 1}"
+        return text
+
+    def thought_input(self, label: str) -> bool:
+        """Whether a position has a thought input that site `thought` can patch (an earlier
+        iteration's slot does from iteration 1 on; iteration 0 reads placeholder tokens)."""
+        if label.isdigit():
+            return True
+        slot, _, iteration = label.partition("@")
+        return slot.isdigit() and iteration.isdigit() and int(iteration) >= 1
 
 
 @dataclass
@@ -88,6 +114,7 @@ class Encoded:
     clean_mask: torch.Tensor  # [B, A] 1 on real answer tokens
     corrupt_mask: torch.Tensor  # [B, A']
     offsets: torch.Tensor  # [rows] added to a cell's token index (zeros: fixed positions)
+    thought_counts: torch.Tensor | None = None  # [B] thoughts per row, where they differ
 
     def args(self) -> tuple[torch.Tensor, ...]:
         return (
@@ -199,6 +226,10 @@ class ThoughtModel(PlacedModule):
         # is:"); answer-only checkpoints write the bare number right after eot
         self.answer_space = answer_space
 
+    # whether the family's evaluation feeds the answer prefix as input after eot (PCCoT's
+    # "The answer is:") rather than letting the model write it (CODI, Coconut)
+    prompt_in_input = False
+
     @property
     def num_layers(self) -> int:
         return self.module.num_layers
@@ -266,7 +297,10 @@ class ThoughtModel(PlacedModule):
     def greedy_answers(self, questions: list[str], max_new: int = 24) -> list[str]:
         """Decode each question's answer greedily through the real thought loop."""
         ids, mask = pad_rows([self.question_ids(q) for q in questions], self.module.pad_id, True)
-        rows = self.module.generate(ids.to(self.device), mask.to(self.device), self.eos_id, max_new)
+        prompt = self.prefix_ids() if self.prompt_in_input else []
+        rows = self.module.generate(
+            ids.to(self.device), mask.to(self.device), self.eos_id, max_new, prompt
+        )
         return [self.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
     def question_text(self, question: str) -> str:

@@ -7,6 +7,7 @@ parameter of the model must come from the file; anything else is an error that l
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,9 +89,15 @@ def _few(keys: list[str], limit: int = 4) -> str:
 
 
 def merge_lora(
-    state: dict[str, torch.Tensor], lm: nn.Module, alpha: float, rank: int | None, report: KeyReport
+    state: dict[str, torch.Tensor],
+    lm: nn.Module,
+    alpha: float,
+    rank: int | None,
+    report: KeyReport,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
-    """Fold `base_layer` + (alpha / r)·B·A into plain weights, keyed as `lm` expects.
+    """Fold `base_layer` + (alpha / r)·B·A into plain weights in `dtype` (float32, or float64
+    for exact comparisons), keyed as `lm` expects.
 
     GPT-2's Conv1D stores weights [in, out], so its delta is transposed (peft's
     fan_in_fan_out). A LoRA key without its partner, or without a base layer, is reported.
@@ -113,7 +120,7 @@ def merge_lora(
         if absent:
             report.missing += absent
             continue
-        a, b = state[a_key].float(), state[b_key].float()
+        a, b = state[a_key].to(dtype), state[b_key].to(dtype)
         if rank is not None and a.shape[0] != rank:
             raise ModelError(
                 f"{report.file}: {a_key} has rank {a.shape[0]}, the recipe says "
@@ -122,8 +129,8 @@ def merge_lora(
         delta = (b @ a) * (alpha / a.shape[0])
         if _is_conv1d(lm, module):
             delta = delta.T
-        # kept in float32: the recipe's dtype is applied once, after loading
-        merged[f"{module}.weight"] = value.float() + delta
+        # kept in float32 (or float64): the recipe's dtype is applied once, after loading
+        merged[f"{module}.weight"] = value.to(dtype) + delta
         used.update((a_key, b_key))
         report.merged_lora.append(module)
     report.unexpected += sorted(lora - used - set(report.missing))
@@ -167,3 +174,91 @@ def load_exactly(
     if leftover or incompatible.unexpected_keys:  # accounted above; never silently partial
         raise ModelError(f"{report.file}: keys did not load: {_few(sorted(leftover))}")
     report.loaded += len(state)
+
+
+class _Inert:
+    """Stands in for every object a pickled checkpoint holds beside its tensors (a Lightning
+    checkpoint's hyper-parameters, callbacks, loop state): built without running any of
+    their classes' code."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+def _allowed(module: str, name: str) -> bool:
+    """torch's tensor and storage rebuilders, dtypes and plain containers: what a state
+    dict is made of (the same things torch's weights-only loader allows)."""
+    if module == "collections" and name == "OrderedDict":
+        return True
+    if module == "builtins":
+        return name in ("set", "frozenset", "dict", "list", "tuple", "slice", "bytearray")
+    if module == "torch" or module.startswith("torch."):
+        if name.startswith("_rebuild") or name.endswith("Storage") or name == "Size":
+            return True
+        return module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+    return False
+
+
+class _StateOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        return super().find_class(module, name) if _allowed(module, name) else _Inert
+
+
+class _StateOnlyPickle:
+    """A pickle module for torch.load whose unpickler builds tensors and inert stand-ins."""
+
+    Unpickler = _StateOnly
+    load = staticmethod(pickle.load)
+    __name__ = "nnpatch.state_only_pickle"
+
+
+def read_lightning_state(path: Path) -> dict[str, torch.Tensor]:
+    """The `state_dict` of a PyTorch Lightning checkpoint (.ckpt), its other contents
+    (hyper-parameters as OmegaConf objects, which weights_only loading refuses) read as
+    inert stand-ins, so no code in the file runs."""
+    try:
+        checkpoint = torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=_StateOnlyPickle
+        )
+    except Exception as err:  # noqa: BLE001 - corrupt or foreign file: one clear line
+        first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise ModelError(f"{path}: cannot read the checkpoint ({first})") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: not a Lightning checkpoint (no state_dict of tensors)")
+    return dict(state)
+
+
+def merge_adapters(
+    lm: nn.Module,
+    adapters: dict[str, torch.Tensor],
+    alpha: float,
+    rank: int | None,
+    report: KeyReport,
+) -> None:
+    """Fold LoRA pairs `<module>.lora_A[.default].weight` / `lora_B` into `lm`'s weights in
+    place (for releases that ship adapters beside a base model); every key must pair up and
+    name a module of `lm`."""
+    state = {}
+    base = lm.state_dict()
+    for key, value in adapters.items():
+        module, part, _ = key.partition(".lora_")
+        if not part:
+            report.unexpected.append(key)
+            continue
+        which = "A" if key[len(module) :].startswith(".lora_A") else "B"
+        state[f"{module}.lora_{which}.default.weight"] = value
+        if f"{module}.weight" in base:  # else merge_lora reports the pair unexpected
+            state[f"{module}.base_layer.weight"] = base[f"{module}.weight"]
+    merged = merge_lora(state, lm, alpha, rank, report, lm.dtype)
+    report.check()
+    with torch.no_grad():
+        for key, value in merged.items():
+            base[key].copy_(value)
+    report.loaded += len(adapters)

@@ -116,12 +116,21 @@ class CodiModel(nn.Module):
             state = self._thought(state)
         return state
 
-    def _thought(self, state: Asked) -> Asked:
-        """One recurrent step: prj of the last hidden state, fed back as the next input."""
+    def _thought(self, state: Asked, counts: torch.Tensor | None = None) -> Asked:
+        """One recurrent step: prj of the last hidden state, fed back as the next input.
+
+        `counts` [B]: thoughts each row thinks (CoLaR decides per question); a row past its
+        count feeds a masked thought that nothing after it sees, as CoLaR's batched loop does.
+        """
         thought = self.prj(state.hidden)  # [B, 1, d]
-        mask = torch.cat([state.mask, state.mask.new_ones(state.mask.shape[0], 1)], dim=1)
+        if counts is None:
+            step = state.mask.new_ones(state.mask.shape[0], 1)
+        else:
+            step = (counts > state.thoughts).to(state.mask.dtype)[:, None]
+        mask = torch.cat([state.mask, step], dim=1)
         hidden = self._decode(state.cache, mask, state.next_position, embeds=thought)
-        return Asked(state.cache, mask, state.next_position + 1, hidden[:, -1:], state.thoughts + 1)
+        position = state.next_position + step
+        return Asked(state.cache, mask, position, hidden[:, -1:], state.thoughts + 1)
 
     def think(
         self,
@@ -129,13 +138,15 @@ class CodiModel(nn.Module):
         attention_mask: torch.Tensor,
         asked: Asked | None = None,
         thought_hidden: list[torch.Tensor] | None = None,
+        thought_counts: torch.Tensor | None = None,
     ) -> Thinking:
         """The K recurrent thoughts after the question pass, continuing from `asked` when the
         question pass (and perhaps some thoughts) already ran; the state the answer follows.
-        `thought_hidden`, if given, receives each thought's final hidden state [B, d]."""
+        `thought_hidden`, if given, receives each thought's final hidden state [B, d];
+        `thought_counts` [B] (at most K) masks each row's thoughts after its own count."""
         state = self.ask(input_ids, attention_mask) if asked is None else asked
         while state.thoughts < self.num_thoughts:
-            state = self._thought(state)
+            state = self._thought(state, thought_counts)
             if thought_hidden is not None:
                 thought_hidden.append(state.hidden[:, 0])
         return Thinking(state.cache, state.mask, state.next_position)
@@ -148,8 +159,9 @@ class CodiModel(nn.Module):
         clean_answer: torch.Tensor,  # [B, A] right-padded
         corrupt_answer: torch.Tensor,  # [B, A'] right-padded
         asked: Asked | None = None,  # the question pass (+ thoughts), run before the trace
+        thought_counts: torch.Tensor | None = None,  # [B] per-row thoughts (CoLaR)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        state = self.think(input_ids, attention_mask, asked)
+        state = self.think(input_ids, attention_mask, asked, thought_counts=thought_counts)
         cache, mask, batch = state.cache, state.mask, input_ids.shape[0]
         eot = input_ids.new_full((batch, 1), self.eot_id)
         prefix = prefix_ids.to(input_ids.device).expand(batch, -1)
@@ -182,22 +194,32 @@ class CodiModel(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, eos_id: int, max_new: int = 24
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        eos_id: int,
+        max_new: int = 24,
+        prompt_ids: list[int] = (),
+        thought_counts: torch.Tensor | None = None,
     ) -> list[list[int]]:
-        """Greedy decoding after eot, as CODI's evaluation does; token ids up to eos per row.
+        """Greedy decoding after eot (and `prompt_ids`, for families that read their answer
+        prompt as input), as the family's evaluation does; token ids up to eos per row.
 
         The model's marker ids (CODI's pad, bot, eot; Coconut's latent tokens) are never chosen.
         """
-        state = self.think(input_ids, attention_mask)
+        state = self.think(input_ids, attention_mask, thought_counts=thought_counts)
         batch = input_ids.shape[0]
         mask, position = state.mask, state.next_position
-        token = input_ids.new_full((batch, 1), self.eot_id)
+        token = torch.tensor([[self.eot_id, *prompt_ids]], device=input_ids.device)
+        token = token.expand(batch, -1)
         outputs: list[list[int]] = [[] for _ in range(batch)]
         done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         markers = torch.tensor(self.marker_ids, device=input_ids.device)
         for _ in range(max_new):
-            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            hidden = self._decode(state.cache, mask, position, ids=token)
+            mask = torch.cat([mask, mask.new_ones(batch, token.shape[1])], dim=1)
+            steps = position + torch.arange(token.shape[1], device=position.device)
+            hidden = self._decode(state.cache, mask, steps, ids=token)
+            position = steps[:, -1:]
             logits = self._logits(hidden[:, -1]).float()
             logits[:, markers] = float("-inf")
             token = logits.argmax(-1, keepdim=True)
@@ -259,10 +281,11 @@ def _float32_out_mm(head: nn.Linear, hidden: torch.Tensor) -> bool:
 
 
 def float32_logits(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
-    """`head(hidden)` with a float32 result. On CUDA a half-precision matmul already sums in
-    float32, so it returns that sum (`out_dtype`) rather than upcasting the vocab-sized weight
-    and running a float32 matmul, which took a quarter of a llama-1b sweep's GPU time. On an
-    H100 both land within 2e-6 relative of a float64 product (benchmarks/gpu.sh checks)."""
+    """`head(hidden)` with a float32 result (float64 in a float64 run). On CUDA a
+    half-precision matmul already sums in float32, so it returns that sum (`out_dtype`) rather
+    than upcasting the vocab-sized weight and running a float32 matmul, which took a quarter
+    of a llama-1b sweep's GPU time. On an H100 both land within 2e-6 relative of a float64
+    product (benchmarks/gpu.sh checks)."""
     bias = None if head.bias is None else head.bias.float()
     if _float32_out_mm(head, hidden):
         flat = torch.mm(
@@ -270,7 +293,9 @@ def float32_logits(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
         )
         logits = flat.reshape(*hidden.shape[:-1], flat.shape[-1])
         return logits if bias is None else logits + bias
-    return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+    wide = torch.promote_types(hidden.dtype, torch.float32)  # float64 runs stay float64
+    bias = None if head.bias is None else head.bias.to(wide)
+    return torch.nn.functional.linear(hidden.to(wide), head.weight.to(wide), bias)
 
 
 def truncate_cache(cache: DynamicCache, length: int) -> None:

@@ -31,6 +31,7 @@ class Release:
     not_yet: str = ""  # for kind None: what loading it needs
     eos_before_thought: bool | None = None
     prompt: str | None = None
+    projection: bool | None = None
 
     def recipe_fields(self) -> dict:
         """The [model] fields the release sets, for a recipe that names only its id."""
@@ -43,6 +44,7 @@ class Release:
             "lora_alpha": self.lora_alpha,
             "eos_before_thought": self.eos_before_thought,
             "prompt": self.prompt,
+            "projection": self.projection,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -69,6 +71,45 @@ def _cywinski(hub_id, base, size, prj_dim, also: str) -> Release:
         eos_before_thought=True,
         prompt="answer-only",
     )
+
+
+def _dilgren() -> list[Release]:
+    """Dilgren & Wiegreffe (2026): GPT-2 and Llama-3.2-1B-Instruct trained with the
+    unchanged CODI and Coconut code on three datasets, 6 latents each. Their GPT-2 GSM8K
+    CODI is zhenyi4's own release (zen-E/CODI-gpt2), listed above. Their "multimode"
+    variants (control tokens choose direct, verbalized or latent answering) are not read yet.
+    """
+    bases = {"gpt2": ("gpt2", "124M", 768), "llama32-1b": (LLAMA_1B, "1B", 2048)}
+    names = {"gsm8k": "GSM8K-Aug", "prosqa": "ProsQA", "prontoqa": "ProntoQA"}
+    releases = []
+    for short, (base, size, prj_dim) in bases.items():
+        also = GATED if base == LLAMA_1B else ""
+        for data, dataset in names.items():
+            if (short, data) != ("gpt2", "gsm8k"):
+                releases.append(
+                    _codi(
+                        f"connordilgren/{short}-{data}-codi",
+                        "CODI (Dilgren & Wiegreffe)",
+                        base,
+                        size,
+                        prj_dim,
+                        also,
+                        dataset,
+                    )
+                )
+            releases.append(
+                Release(
+                    f"connordilgren/{short}-{data}-coconut",
+                    "Coconut (Dilgren & Wiegreffe)",
+                    "coconut",
+                    base,
+                    size,
+                    6,
+                    dataset,
+                    also=also,
+                )
+            )
+    return releases
 
 
 RELEASES: dict[str, Release] = {
@@ -122,18 +163,24 @@ RELEASES: dict[str, Release] = {
             eos_before_thought=False,
             prompt="codi",
         ),
+        # no training config in the authors' repository matches this one: its settings are
+        # those of their example that loads it (e9d9c54 simple_example.py)
         Release(
             "bcywinski/llama3b_gsm8k-strategyqa-commonsense",
             "CODI (Cywiński et al.)",
-            None,
+            "codi",
             "meta-llama/Llama-3.2-3B-Instruct",
             "3B",
             6,
             "GSM8K-Aug-NL, CommonsenseQA, StrategyQA",
-            not_yet=(
-                "a CODI without a projection; its only evidence (the authors' example) loads "
-                "it with lora_alpha 16 and no prj, and its eos placement is unknown"
-            ),
+            None,
+            128,
+            16,
+            f"{GATED}; no projection, alpha 16 and an eos before the thought are taken from "
+            "the authors' example (no training config matches this release)",
+            eos_before_thought=True,
+            prompt="codi",
+            projection=False,
         ),
         _cywinski(
             "cds-jb/codi_qwen3-8b-answer_only",
@@ -146,23 +193,24 @@ RELEASES: dict[str, Release] = {
         Release(
             "whyNLP/pccot-gpt2",
             "PCCoT",
-            None,
+            "pccot",
             "gpt2",
             "124M",
             None,
             "GSM8K-Aug",
-            not_yet="the Jacobi loop (kind = 'pccot') and its PEFT adapter layout",
+            also="slots, iterations and LoRA come from its config.json and pccot_args.json",
         ),
         Release(
             "AlbertTan/CoLaR",
             "CoLaR",
-            None,
+            "colar",
             LLAMA_1B,
             "1B",
             None,
             "GSM8K-Aug",
-            not_yet="the latent policy's loop (kind = 'colar') and its Lightning checkpoint",
+            also=f"{GATED}; latents per question are the model's own (policy mean, argmax)",
         ),
+        *_dilgren(),
     )
 }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from nnpatch.engine.modes import Mode, mode_for
+from nnpatch.engine.modes import Mode, build_plan, mode_for
 from nnpatch.engine.modes.base import rows_inside_spans
 from nnpatch.engine.plan import PatchSpec
 from nnpatch.engine.trace import Engine, PairAnswers
@@ -75,7 +75,7 @@ def prepare(
             model.bind_pairs(pairs, recipe.data.span_markers)
     except PairsError as err:
         raise RecipeError(source, "data.pairs", str(err)) from None
-    plan = mode.plan(recipe.patch, model.shape, source)
+    plan = build_plan(recipe, model.shape, source)
     try:
         site, direction = mode.primary(recipe.patch)
         engine = Engine(
@@ -167,7 +167,7 @@ def check(path: str | Path, overrides: list[str] = ()) -> Checked:
         note = f"model not checked here (layer and position ranges unchecked): {err}"
         return Checked(recipe, len(pairs), None, None, [note])
     mode = mode_for(recipe.patch.mode)
-    plan = mode.plan(recipe.patch, shape, source)
+    plan = build_plan(recipe, shape, source)
     _check_row_count(mode, recipe, shape, plan, len(pairs), source)
     return Checked(recipe, len(pairs), shape, plan, [])
 

@@ -7,38 +7,13 @@ import polars as pl
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import SPAN_PAIRS as PAIRS
 from helpers import run_recipe, write_pairs, write_recipe
 from reference import SUBMODULES, answer_view, metrics, patcher, recorder
 
 from nnpatch.cli import main
 from nnpatch.engine.metrics import METRICS
 from nnpatch.models.tiny import tiny_random_lm
-
-PAIRS = [
-    {
-        "id": "a",
-        "clean_question": "Tom has 3 pens and buys 4 more. [[3 + 4 = 7]] How many pens?",
-        "clean_answer": "7",
-        "corrupted_question": "Tom has 5 pens and buys 4 more. [[5 + 4 = 9]] How many pens?",
-        "corrupted_answer": "9",
-    },
-    {
-        "id": "b",
-        "clean_question": "Sam has 12 eggs and eats 2. Then Sam buys 6 more. "
-        "[[12 - 2 = 10 . 10 + 6 = 16]] How many eggs?",
-        "clean_answer": "16",
-        "corrupted_question": "Sam has 13 eggs and eats 2. Then Sam buys 6 more. "
-        "[[13 - 2 = 11 . 11 + 6 = 17]] How many eggs?",
-        "corrupted_answer": "17",
-    },
-    {
-        "id": "c",
-        "clean_question": "Ann has 6 books. [[6 * 2 = 12]] She has twice as many cards.",
-        "clean_answer": "12",
-        "corrupted_question": "Ann has 7 books. [[7 * 2 = 14]] She has twice as many cards.",
-        "corrupted_answer": "14",
-    },
-]
 
 
 def site_module(model, site: str, layer: int):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from helpers import SPAN_PAIRS as PAIRS
 from helpers import run_recipe, write_pairs, write_recipe
-from test_causal_lm import PAIRS
 
 from nnpatch.cli import main
 from nnpatch.models.causal_lm import load_remote_causal_lm

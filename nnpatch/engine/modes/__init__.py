@@ -13,6 +13,7 @@ from nnpatch.engine.modes.mediation import Mediation
 from nnpatch.engine.modes.patching import Patching
 from nnpatch.engine.modes.record import Record
 from nnpatch.engine.modes.subsets import Subsets
+from nnpatch.errors import RecipeError
 
 FAMILIES: tuple[Mode, ...] = (
     Patching(),
@@ -37,8 +38,19 @@ def mode_for(name: str) -> Mode:
 
 
 def build_plan(recipe, shape, source="<recipe>"):
-    """The recipe's rows per pair, as its mode plans them."""
-    return mode_for(recipe.patch.mode).plan(recipe.patch, shape, source)
+    """The recipe's rows per pair, as its mode plans them; a mode the model's loop cannot
+    carry is refused in one line, with the model's reason."""
+    name = recipe.patch.mode
+    refused = {mode_for(mode): why for mode, why in shape.refused_modes}
+    if mode_for(name) in refused:
+        usable = [m for m, family in MODES.items() if family not in refused]
+        raise RecipeError(
+            source,
+            "patch.mode",
+            f"{name} does not apply to {shape.name}: {refused[mode_for(name)]}",
+            f"use one of {', '.join(usable)}",
+        )
+    return mode_for(name).plan(recipe.patch, shape, source)
 
 
 __all__ = ["FAMILIES", "MODES", "SECTIONS", "Computed", "Mode", "Sweep", "build_plan", "mode_for"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nnpatch.models.kinds import causal_lm, coconut, codi
+from nnpatch.models.kinds import causal_lm, coconut, codi, colar, pccot
 from nnpatch.models.kinds.base import Kind
 
-KINDS: dict[str, Kind] = {k.name: k for k in (codi.KIND, coconut.KIND, causal_lm.KIND)}
+KINDS: dict[str, Kind] = {
+    k.name: k for k in (codi.KIND, coconut.KIND, pccot.KIND, colar.KIND, causal_lm.KIND)
+}
 
 
 def recognise(folder: Path) -> list[str]:

@@ -30,6 +30,7 @@ from nnpatch.models.kinds.files import (
     empty_language_model,
     input_embedding_key,
     keys_of,
+    load_dtype,
     release_weights,
     thought_shape,
     tied_keys,
@@ -59,7 +60,7 @@ def load_coconut(section) -> ThoughtModel:
     state = report.drop(state, TRAINING_ONLY)
     tokenizer.add_tokens(TOKENS)
     start, end, latent = tokenizer.convert_tokens_to_ids(TOKENS)
-    lm = empty_language_model(config, len(tokenizer))
+    lm = empty_language_model(config, len(tokenizer), load_dtype(section))
     lm_state = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     alias = state.get("embedding.weight")
     if alias is not None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from nnpatch.errors import ModelError
 from nnpatch.models.base import ANSWER_PREFIX, ThoughtModel
 from nnpatch.models.checkpoint import KeyReport, load_exactly, merge_lora
@@ -33,6 +35,7 @@ from nnpatch.models.kinds.files import (
     base_config_and_tokenizer,
     empty_language_model,
     keys_of,
+    load_dtype,
     release_weights,
     thought_shape,
     tied_keys,
@@ -67,17 +70,23 @@ def load_codi(section) -> ThoughtModel:
     if shipped is not None:  # Cywiński et al.: named tokens in the checkpoint's tokenizer
         tokenizer, rows = shipped, len(shipped)
         pad, bot, eot = named_ids(tokenizer, state, path)
-    lm = empty_language_model(config, rows)
+    lm = empty_language_model(config, rows, load_dtype(section))
     lm_state = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     prj_state = {k[len("prj.") :]: v for k, v in state.items() if k.startswith("prj.")}
     report.unexpected += [k for k in state if not k.startswith((PREFIX, "prj."))]
-    merged = merge_lora(lm_state, lm, float(section.lora_alpha), section.lora_r, report)
+    merged = merge_lora(
+        lm_state, lm, float(section.lora_alpha), section.lora_r, report, load_dtype(section)
+    )
     report.missing = [PREFIX + k for k in report.missing]
     report.unexpected = [PREFIX + k if "lora_" in k else k for k in report.unexpected]
-    prj_dim = section.prj_dim or _rows(prj_state.get("1.weight"), 2 * config.hidden_size)
+    if getattr(section, "projection", None) is False:
+        prj = nn.Identity()  # use_prj False: the final hidden state is the next input
+    else:
+        prj_dim = section.prj_dim or _rows(prj_state.get("1.weight"), 2 * config.hidden_size)
+        prj = Projection(config.hidden_size, prj_dim)
     module = CodiModel(
         lm,
-        Projection(config.hidden_size, prj_dim),
+        prj,
         section.num_thoughts or THOUGHTS,
         bot_id=bot,
         eot_id=eot,
@@ -161,6 +170,7 @@ KIND = Kind(
         "revision",
         "num_thoughts",
         "prj_dim",
+        "projection",
         "lora_r",
         "lora_alpha",
         "eos_before_thought",

@@ -37,6 +37,7 @@ class ReleaseFiles:
     revision: str | None = None
     num_thoughts: int | None = None
     prj_dim: int | None = None
+    projection: bool | None = None
     lora_r: int | None = None
     lora_alpha: float = 32
     eos_before_thought: bool | None = None
@@ -88,11 +89,17 @@ def release_weights(
     return str(path), read_state_dict(path)
 
 
-def empty_language_model(config, vocab: int) -> nn.Module:
-    """The base architecture with `vocab` embedding rows, in float32, for weights to fill."""
+def load_dtype(section) -> torch.dtype:
+    """What weights are built and merged in before the recipe's dtype is applied: float32,
+    or float64 for a float64 run (exact comparisons with authors' code)."""
+    return torch.float64 if getattr(section, "dtype", None) == "float64" else torch.float32
+
+
+def empty_language_model(config, vocab: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The base architecture with `vocab` embedding rows, for weights to fill."""
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
+    lm = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
     lm.resize_token_embeddings(vocab, mean_resizing=False)
     return lm
 
@@ -151,3 +158,40 @@ def as_path(ref: str | None) -> Path | None:
     if path.is_file():
         return path.parent
     return path if path.is_dir() else None
+
+
+BASE_WEIGHTS = ["config.json", "*.safetensors", "*.bin", "generation_config.json"]
+
+
+def base_language_model(section, vocab: int) -> nn.Module:
+    """The base model with its own weights (every one loaded), its embeddings resized to
+    `vocab` rows: for releases that ship only adapters (PCCoT, CoLaR). New rows start at the
+    mean of the old ones, the centre of the distribution transformers draws them from."""
+    from transformers import AutoModelForCausalLM
+
+    if not section.base:
+        raise ModelError("model.base: required (the base model these adapters were trained on)")
+    patterns = [*BASE_WEIGHTS, *TOKENIZER_FILES]
+    folder = resolve_folder(section.base, "model.base", patterns, section.revision)
+    refuse_custom_code(folder, "model.base")
+    try:
+        lm, info = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=load_dtype(section), output_loading_info=True, trust_remote_code=False
+        )
+    except Exception as err:  # noqa: BLE001 - broken weights or config: one line
+        raise ModelError(f"model.base: {folder}: cannot load it ({first_line(err)})") from None
+    tied = {"lm_head.weight"} if getattr(lm.config, "tie_word_embeddings", False) else set()
+    missing = sorted(set(info.get("missing_keys", [])) - tied)
+    if missing or info.get("unexpected_keys"):
+        raise ModelError(
+            f"model.base: {folder}: missing keys {missing[:4]}, unexpected keys "
+            f"{sorted(info.get('unexpected_keys', []))[:4]}; the weights do not match the config"
+        )
+    rows = lm.get_input_embeddings().weight.shape[0]
+    if vocab != rows:
+        lm.resize_token_embeddings(vocab, mean_resizing=False)
+        with torch.no_grad():
+            for matrix in {lm.get_input_embeddings().weight, lm.get_output_embeddings().weight}:
+                if vocab > rows:
+                    matrix[rows:] = matrix[:rows].mean(0)
+    return lm

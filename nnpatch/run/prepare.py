@@ -286,14 +286,16 @@ def check_context(model, pairs: list[Pair], answers: PairAnswers) -> None:
 
 
 def _span_notes(model, pairs: list[Pair], plan: list[PatchSpec]) -> list[str]:
-    """Said out loud when plain-LM spans differ in length: which rows are left out."""
+    """Said out loud when pairs' spans differ in length (plain LMs' marked text, latents a
+    model decides per question): which rows are left out."""
     spans = [model.span_of(pair) for pair in pairs]
     if None in spans or len(set(spans)) < 2:
         return []
     own = [(spec, i, i) for spec in plan for i in range(len(pairs))]
     left_out = len(own) - sum(rows_inside_spans(own, model, pairs))
+    unit = "thoughts" if model.shape.named_positions else "tokens"
     return [
-        f"spans differ in length ({min(spans)} to {max(spans)} tokens): {left_out} of "
+        f"spans differ in length ({min(spans)} to {max(spans)} {unit}): {left_out} of "
         f"{len(own)} patched rows lie past their pair's span and are left out, so positions "
         "past the shortest span have fewer pairs (n in summary; span_tokens in baselines)"
     ]

@@ -123,7 +123,7 @@ def rows_inside_spans(rows: list[Row], model, pairs: list[Pair]) -> list[bool]:
         return [True] * len(rows)
 
     def inside(index: int, positions) -> bool:
-        return all(int(p) < spans[index] for p in positions)
+        return all(not p.isdigit() or int(p) < spans[index] for p in positions)  # bot, eot: always
 
     return [inside(r, spec.positions) and inside(d, spec.positions) for spec, r, d in rows]
 

@@ -13,7 +13,6 @@ from nnpatch.models.registry import RELEASES
 from nnpatch.recipe import load_recipe
 
 LOADABLE = [r for r in RELEASES.values() if r.kind is not None]
-NOT_YET = [r for r in RELEASES.values() if r.kind is None]
 
 
 def test_models_lists_every_release():
@@ -56,21 +55,15 @@ def test_a_kind_other_than_the_release_is_refused(tmp_path):
         load_recipe(write_recipe(tmp_path, model=fields))
 
 
-@pytest.mark.parametrize("release", NOT_YET, ids=lambda r: r.hub_id)
-def test_a_release_that_cannot_load_yet_says_so(tmp_path, release):
-    """A known release of a family nnpatch cannot load yet: one line with what it needs."""
-    recipe = write_recipe(tmp_path, model={"checkpoint": release.hub_id})
-    with pytest.raises(RecipeError, match="cannot load yet") as err:
-        load_recipe(recipe)
-    assert release.family in str(err.value) and "\n" not in str(err.value)
-
-
-def test_validate_offline_names_what_to_download(tmp_path, monkeypatch):
-    """Offline and uncached, validate accepts an id and says what must be downloaded."""
+@pytest.mark.parametrize("release", list(RELEASES.values()), ids=lambda r: r.hub_id)
+def test_validate_offline_names_what_to_download(tmp_path, monkeypatch, release):
+    """Offline and uncached, validate accepts every id and says what must be downloaded
+    (the release or its base), never that the format is unknown."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    recipe = write_recipe(tmp_path, model={"checkpoint": "internlm/SIM_COT-GPT2-CODI"})
+    recipe = write_recipe(tmp_path, model={"checkpoint": release.hub_id})
     result = CliRunner().invoke(main, ["validate", str(recipe)])
     assert result.exit_code == 0, result.output
-    assert "ok (internlm/SIM_COT-GPT2-CODI" in result.output
-    assert "note: model not checked here" in result.output and "gpt2" in result.output
+    assert f"ok ({release.hub_id}" in result.output
+    assert "note: model not checked here" in result.output
+    assert "hf download" in result.output and "unknown" not in result.output

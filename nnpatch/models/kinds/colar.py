@@ -149,6 +149,17 @@ def _base_folder(section) -> Path:
     return resolve_folder(section.base, "model.base", ["config.json", *TOKENIZER_FILES])
 
 
+def _shape(section):
+    """Validate finds the release and its base (offline: says what to download), but the
+    latent counts come from running the model on the pairs."""
+    colar_files(section)
+    _base_folder(section)
+    raise ModelError(
+        "CoLaR decides its latent count per question, so its positions are known once it "
+        "reads the pairs (nnpatch inspect or run checks them)"
+    )
+
+
 def _recognise(folder: Path) -> bool:
     return bool(_colar_runs(folder))
 
@@ -158,6 +169,6 @@ KIND = Kind(
     about="CoLaR: xiaomi-research/colar Lightning checkpoints (LoRA + latent policy)",
     fields=("checkpoint", "base", "revision"),
     load=load_colar,
-    shape=None,
+    shape=_shape,
     recognise=_recognise,
 )

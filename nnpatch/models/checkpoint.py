@@ -21,7 +21,10 @@ RECOMPUTED_BUFFERS = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """safetensors, or torch.load with weights_only=True: a checkpoint never runs code."""
+    """safetensors, or torch.load with weights_only=True: a checkpoint never runs code. A
+    sharded checkpoint's index (`*.index.json`) reads every shard its weight map names."""
+    if path.name.endswith(".index.json"):
+        return _read_shards(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -31,6 +34,30 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # noqa: BLE001 - corrupt or unsafe file: one clear line
         first = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise ModelError(f"{path}: cannot read the checkpoint ({first})") from None
+
+
+def _read_shards(index: Path) -> dict[str, torch.Tensor]:
+    import json
+
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ModelError(f"{index}: not a shard index with a weight_map ({err})") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        path = index.parent / shard
+        if not path.is_file():
+            raise ModelError(f"{index}: names shard {shard}, which is not in {index.parent}")
+        part = read_state_dict(path)
+        listed = {k for k, v in weight_map.items() if v == shard}
+        if set(part) != listed:
+            raise ModelError(
+                f"{path}: holds {len(part)} tensors, the index lists {len(listed)} for it; "
+                "the shards do not match their index"
+            )
+        state |= part
+    return state
 
 
 @dataclass

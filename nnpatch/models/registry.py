@@ -125,7 +125,7 @@ RELEASES: dict[str, Release] = {
             "meta-llama/Llama-3.2-3B-Instruct",
             "3B",
             3072,
-            f"{GATED}; its file layout is unverified (a sharded index is not read yet)",
+            f"{GATED}; its file names are unverified (one file or shards with an index both load)",
         ),
         _codi(
             "internlm/SIM_COT-LLaMA3-CODI-8B",
@@ -133,7 +133,7 @@ RELEASES: dict[str, Release] = {
             "meta-llama/Llama-3.1-8B-Instruct",
             "8B",
             4096,
-            f"{GATED}; its file layout is unverified (a sharded index is not read yet)",
+            f"{GATED}; its file names are unverified (one file or shards with an index both load)",
         ),
         Release(
             "internlm/SIM_COT-GPT2-Coconut",

@@ -84,6 +84,45 @@ def test_codi_release_matches_peft_reference(tmp_path, family, fmt):
     assert_agrees_with_codi_loop(model, module)
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_a_sharded_release_reads_every_shard_of_its_index(tmp_path, fmt):
+    """Larger releases split their state dict over shards named by an index: the shards
+    together load as the single file does; a shard the index names but the folder lacks,
+    or one holding other tensors than the index says, is one line."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    module, base, single = write_codi_release(tmp_path, "llama", "safetensors")
+    state = load_file(str(single / "model.safetensors"))
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    keys = sorted(state)
+    names = [
+        f"model-0000{i}-of-00002.{'safetensors' if fmt == 'safetensors' else 'bin'}" for i in (1, 2)
+    ]
+    if fmt == "bin":
+        names = [n.replace("model-", "pytorch_model-") for n in names]
+    weight_map = {}
+    for name, part in zip(names, (keys[::2], keys[1::2]), strict=True):
+        tensors = {k: state[k] for k in part}
+        if fmt == "safetensors":
+            save_file(tensors, str(sharded / name))
+        else:
+            torch.save(tensors, sharded / name)
+        weight_map |= dict.fromkeys(part, name)
+    index = sharded / (
+        "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+    )
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    model = load_codi(codi_section(base, sharded))
+    assert model.key_report.file == str(index) and not model.key_report.missing
+    assert_agrees_with_codi_loop(model, module)
+    (sharded / names[1]).unlink()
+    with pytest.raises(ModelError, match=rf"names shard {names[1]}, which is not in"):
+        load_codi(codi_section(base, sharded))
+
+
 def test_lora_scale_uses_alpha_over_rank(tmp_path):
     """A wrong lora_alpha changes the merged weights (the merge is not a no-op)."""
     _, base, checkpoint = write_codi_release(tmp_path, "llama", "bin")

@@ -3,6 +3,7 @@ weights file, and an empty base model to load the weights into."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,14 @@ BASE_FILES = ["config.json", *TOKENIZER_FILES]
 SHIPPED_TOKENIZER = [*TOKENIZER_FILES, "added_tokens.json"]
 # CODI's test.py reads the first two; SIM-CoT's GPT-2 CODI ships its one shard under the
 # third name; Coconut saves `checkpoint_N`
-WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin", "model-00001-of-00001.safetensors"]
+WEIGHT_FILES = [
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model-00001-of-00001.safetensors",
+    "model.safetensors.index.json",  # sharded: every shard the index names (larger releases)
+    "pytorch_model.bin.index.json",
+]
+SHARDS = ["model-*-of-*.safetensors", "pytorch_model-*-of-*.bin"]  # downloaded with an index
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ def release_weights(
     """The checkpoint's weights file (the first of `names` in its folder) and its tensors."""
     if not section.checkpoint:
         raise ModelError("model.checkpoint: required (a folder, a weights file or a hub id)")
-    patterns = patterns or [*names, *SHIPPED_TOKENIZER]
+    patterns = patterns or [*names, *SHARDS, *SHIPPED_TOKENIZER]
     folder = resolve_folder(section.checkpoint, "model.checkpoint", patterns, section.revision)
     path = weights_file(folder, section.checkpoint, "model.checkpoint", names)
     return str(path), read_state_dict(path)
@@ -137,7 +145,9 @@ def keys_of(folder: Path, names: list[str]) -> set[str]:
         if not path.is_file():
             continue
         try:
-            if path.suffix == ".safetensors":
+            if name.endswith(".index.json"):
+                keys.update(json.loads(path.read_text(encoding="utf-8"))["weight_map"])
+            elif path.suffix == ".safetensors":
                 from safetensors import safe_open
 
                 with safe_open(str(path), "pt") as handle:

@@ -36,6 +36,8 @@ def describe(recipe: Recipe, source: str | Path) -> str:
         f"hidden {config.hidden_size}, {params / 1e6:.2f}M parameters, {model.dtype}, "
         f"{model.device}",
     ]
+    if hasattr(model, "count"):  # latents decided per question (CoLaR): from the pairs
+        lines.append(_latent_counts(model, recipe, source))
     if hasattr(module, "bot_id"):
         lines += [
             f"thoughts: {model.num_thoughts}; positions: {', '.join(model.position_labels())}",
@@ -54,6 +56,21 @@ def describe(recipe: Recipe, source: str | Path) -> str:
         lines.append("checkpoint keys:")
         lines += [f"  {line}" for line in model.key_report.lines()]
     return "\n".join(lines)
+
+
+def _latent_counts(model, recipe: Recipe, source: str | Path) -> str:
+    """How many latents the recipe's questions think, once the model has read them."""
+    from nnpatch.pairs.loaders import load_pair_set
+
+    data = recipe.data
+    pairs, _ = load_pair_set(data.pairs, Path(source).parent, data.limit, data.source, data.seed)
+    model.bind_pairs(pairs)
+    counts = model.count([q for p in pairs for q in (p.clean_question, p.corrupted_question)])
+    spans = [model.span_of(p) for p in pairs]
+    return (
+        f"latents per question: {min(counts)} to {max(counts)} over the recipe's "
+        f"{len(pairs)} pairs; both questions of a pair share {min(spans)} to {max(spans)}"
+    )
 
 
 def _unavailable(section) -> list[str]:

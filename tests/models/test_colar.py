@@ -111,3 +111,16 @@ def test_a_file_without_a_state_dict_is_one_line(tmp_path):
     torch.save({"weights": [1, 2]}, path)
     with pytest.raises(ModelError, match=r"x.ckpt: not a Lightning checkpoint"):
         read_lightning_state(path)
+
+
+def test_inspect_says_how_many_latents_the_recipe_questions_think(tmp_path):
+    from click.testing import CliRunner
+
+    from nnpatch.cli import main
+
+    recipe = write_recipe(tmp_path, model=FIELDS, data={"limit": 2})
+    result = CliRunner().invoke(main, ["inspect", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "latents per question: " in result.output and "over the recipe's 2 pairs" in result.output
+    )

@@ -65,6 +65,21 @@ def field_paths(node: dict, prefix: str = "") -> set[str]:
 
 
 FIELDS = field_paths(ROOT)
+GOLDEN = Path(__file__).parent / "golden"
+# the tiny releases the authors' code wrote: positions such as PCCoT's "s@t" and CoLaR's
+# per-question latent counts meet every drawn field too
+RELEASES = [
+    {
+        "kind": "pccot",
+        "base": str(GOLDEN / "pccot" / "gpt2"),
+        "checkpoint": str(GOLDEN / "pccot" / "whyNLP" / "pccot-gpt2"),
+    },
+    {
+        "kind": "colar",
+        "base": str(GOLDEN / "colar" / "models" / "llms" / "Llama-3.2-1B-Instruct"),
+        "checkpoint": str(GOLDEN / "colar"),
+    },
+]
 
 
 @st.composite
@@ -77,11 +92,11 @@ def recipes(draw):
     for key, small in (("layers", [0]), ("positions", [0])):  # few cells: runs stay short
         if key in section["properties"]:
             patch.setdefault(key, small)
-    preset = draw(st.sampled_from(_examples("model", "preset")))
-    pairs = "spans.jsonl" if preset in PLAIN_PRESETS else "tiny-arithmetic"
+    model = draw(st.sampled_from([{"preset": p} for p in _examples("model", "preset")] + RELEASES))
+    pairs = "spans.jsonl" if model.get("preset") in PLAIN_PRESETS else "tiny-arithmetic"
     tables = {
         "name": "fuzz",
-        "model": {"preset": preset},
+        "model": dict(model),
         "data": {"pairs": pairs, "limit": draw(st.integers(1, 2))},
         "patch": patch,
         "run": {"output": "out", "report": "none"},

@@ -42,6 +42,10 @@ class ModelSection(Section):
     # codi: whether the checkpoint has CODI's projection (use_prj); false feeds each final
     # hidden state back as it is. Stated, never guessed: a file lacking prj.* is an error
     projection: bool | None = None
+    # codi, coconut: "multimode" for Dilgren & Wiegreffe's multimode checkpoints, whose
+    # thought markers are <bocot>/<eocot> (CODI: bare ids V, V + 1 and pad = eos; Coconut:
+    # <|bocot|>, <|eocot|>, <|latent|> in the tokenizer), read in their latent mode
+    thought_tokens: Literal["codi", "multimode"] | None = None
     lora_r: Int | None = Field(default=None, ge=1)
     lora_alpha: Float = Field(default=32, gt=0)
     answer_prefix: str | None = None  # causal_lm: text before the answer (default "The answer is:")

@@ -42,6 +42,10 @@ def answer_only_question(question: str) -> str:
 
 QUESTION_STYLES = {
     "raw": lambda question: question,  # PCCoT's data processor reads the text as it is
+    # Dilgren & Wiegreffe's evaluation pipeline: stripped, inner spaces kept (multimode CODI),
+    # and then Coconut's newline (multimode Coconut)
+    "strip": lambda question: question.strip(),
+    "strip-newline": lambda question: question.strip() + "\n",
     "codi": codi_question,
     "coconut": coconut_question,
     "answer-only": answer_only_question,

@@ -32,6 +32,7 @@ class Release:
     eos_before_thought: bool | None = None
     prompt: str | None = None
     projection: bool | None = None
+    thought_tokens: str | None = None
 
     def recipe_fields(self) -> dict:
         """The [model] fields the release sets, for a recipe that names only its id."""
@@ -45,6 +46,7 @@ class Release:
             "eos_before_thought": self.eos_before_thought,
             "prompt": self.prompt,
             "projection": self.projection,
+            "thought_tokens": self.thought_tokens,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -75,10 +77,10 @@ def _cywinski(hub_id, base, size, prj_dim, also: str) -> Release:
 
 def _dilgren() -> list[Release]:
     """Dilgren & Wiegreffe (2026): GPT-2 and Llama-3.2-1B-Instruct trained with the
-    unchanged CODI and Coconut code on three datasets, 6 latents each. Their GPT-2 GSM8K
-    CODI is zhenyi4's own release (zen-E/CODI-gpt2), listed above. Their "multimode"
-    variants (control tokens choose direct, verbalized or latent answering) are not read yet.
-    """
+    unchanged CODI and Coconut code on three datasets, 6 latents each (their GPT-2 GSM8K
+    CODI is zhenyi4's own release, zen-E/CODI-gpt2, listed above), and "multimode" variants
+    whose control tokens choose direct, verbalized or latent answering: read in latent mode,
+    with <|eot_id|> (Llama's eos) after the question on Llama."""
     bases = {"gpt2": ("gpt2", "124M", 768), "llama32-1b": (LLAMA_1B, "1B", 2048)}
     names = {"gsm8k": "GSM8K-Aug", "prosqa": "ProsQA", "prontoqa": "ProntoQA"}
     releases = []
@@ -107,6 +109,37 @@ def _dilgren() -> list[Release]:
                     6,
                     dataset,
                     also=also,
+                )
+            )
+            multimode = {"thought_tokens": "multimode", "eos_before_thought": base == LLAMA_1B}
+            releases.append(
+                Release(
+                    f"connordilgren/{short}-{data}-multimode-codi",
+                    "multimode CODI (Dilgren & Wiegreffe)",
+                    "codi",
+                    base,
+                    size,
+                    6,
+                    dataset,
+                    prj_dim,
+                    128,
+                    32,
+                    also,
+                    prompt="codi",
+                    **multimode,
+                )
+            )
+            releases.append(
+                Release(
+                    f"connordilgren/{short}-{data}-multimode-coconut",
+                    "multimode Coconut (Dilgren & Wiegreffe)",
+                    "coconut",
+                    base,
+                    size,
+                    6,
+                    dataset,
+                    also=also,
+                    **multimode,
                 )
             )
     return releases

@@ -38,6 +38,9 @@ from nnpatch.models.kinds.files import (
 
 PREFIX = "base_causallm."
 TOKENS = ["<|start-latent|>", "<|end-latent|>", "<|latent|>"]  # the order run.py adds them
+# Dilgren & Wiegreffe's multimode Coconut: its latent mode reads q, [eot], <|bocot|>, the
+# latents, <|eocot|> (no embedding alias in its files)
+MULTIMODE_TOKENS = ["<|bocot|>", "<|eocot|>", "<|latent|>"]
 TRAINING_ONLY = {"expainable_llm.": "SIM-CoT's training-only explanation decoder"}
 THOUGHTS = 6  # facebook's GSM8K: c_thought 2 x max_latent_stage 3
 SIMCOT_THOUGHTS = 10  # SIM-CoT's: 2 latents per stage x 5 stages at its final stage
@@ -58,8 +61,10 @@ def load_coconut(section) -> ThoughtModel:
     report = KeyReport(path)
     simcot = any(k.startswith(tuple(TRAINING_ONLY)) for k in state)
     state = report.drop(state, TRAINING_ONLY)
-    tokenizer.add_tokens(TOKENS)
-    start, end, latent = tokenizer.convert_tokens_to_ids(TOKENS)
+    multimode = getattr(section, "thought_tokens", None) == "multimode"
+    tokens = MULTIMODE_TOKENS if multimode else TOKENS
+    tokenizer.add_tokens(tokens)
+    start, end, latent = tokenizer.convert_tokens_to_ids(tokens)
     lm = empty_language_model(config, len(tokenizer), load_dtype(section))
     lm_state = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     alias = state.get("embedding.weight")
@@ -88,8 +93,9 @@ def load_coconut(section) -> ThoughtModel:
         tokenizer,
         section.checkpoint,
         answer_prefix="###",
-        question_style="coconut",
+        question_style="strip-newline" if multimode else "coconut",
         key_report=report,
+        eos_before_bot=bool(getattr(section, "eos_before_thought", None)),
     )
 
 
@@ -111,7 +117,14 @@ def _recognise(folder: Path) -> bool:
 KIND = Kind(
     name="coconut",
     about="Coconut: facebookresearch/coconut and SIM-CoT (base_causallm.* in checkpoint_N)",
-    fields=("checkpoint", "base", "revision", "num_thoughts"),
+    fields=(
+        "checkpoint",
+        "base",
+        "revision",
+        "num_thoughts",
+        "eos_before_thought",
+        "thought_tokens",
+    ),
     load=load_coconut,
     shape=lambda section: thought_shape(section, THOUGHTS),
     recognise=_recognise,

@@ -66,6 +66,12 @@ def load_codi(section) -> ThoughtModel:
     state = report.drop(state, TRAINING_ONLY)
     vocab = config.vocab_size
     rows, (pad, bot, eot) = vocab + 3, (vocab, vocab + 1, vocab + 2)  # zhenyi4: bare ids
+    markers = None
+    if getattr(section, "thought_tokens", None) == "multimode":
+        # Dilgren & Wiegreffe's multimode CODI adds only <bocot>, <eocot> and pads with eos,
+        # which must stay decodable
+        rows, (pad, bot, eot) = vocab + 2, (tokenizer.eos_token_id, vocab, vocab + 1)
+        markers = (bot, eot)
     shipped = shipped_tokenizer(path)
     if shipped is not None:  # Cywiński et al.: named tokens in the checkpoint's tokenizer
         tokenizer, rows = shipped, len(shipped)
@@ -91,6 +97,7 @@ def load_codi(section) -> ThoughtModel:
         bot_id=bot,
         eot_id=eot,
         pad_id=pad,
+        marker_ids=markers,
     )
     combined = {f"lm.{k}": v for k, v in merged.items()} | {
         f"prj.{k}": v for k, v in prj_state.items()
@@ -103,7 +110,7 @@ def load_codi(section) -> ThoughtModel:
         tokenizer,
         section.checkpoint,
         answer_prefix="" if answer_only else ANSWER_PREFIX,
-        question_style="answer-only" if answer_only else "codi",
+        question_style="answer-only" if answer_only else ("strip" if markers else "codi"),
         key_report=report,
         eos_before_bot=bool(getattr(section, "eos_before_thought", None)),
         answer_space=not answer_only,
@@ -175,6 +182,7 @@ KIND = Kind(
         "lora_alpha",
         "eos_before_thought",
         "prompt",
+        "thought_tokens",
     ),
     load=load_codi,
     shape=lambda section: thought_shape(section, THOUGHTS),

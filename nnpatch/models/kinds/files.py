@@ -46,6 +46,7 @@ class ReleaseFiles:
     num_thoughts: int | None = None
     prj_dim: int | None = None
     projection: bool | None = None
+    thought_tokens: str | None = None
     lora_r: int | None = None
     lora_alpha: float = 32
     eos_before_thought: bool | None = None

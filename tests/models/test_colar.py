@@ -124,3 +124,27 @@ def test_inspect_says_how_many_latents_the_recipe_questions_think(tmp_path):
     assert (
         "latents per question: " in result.output and "over the recipe's 2 pairs" in result.output
     )
+
+
+@pytest.mark.parametrize("damage", ["checkpoint", "hparams", "empty"])
+def test_a_broken_run_folder_is_one_line(tmp_path, damage):
+    """A corrupt .ckpt names the file; an unreadable hparams.yaml or a folder without a CoLaR
+    run says what a CoLaR checkpoint folder holds."""
+    import shutil
+
+    workspace = tmp_path / "workspace"
+    shutil.copytree(GOLDEN / "logs", workspace / "logs")
+    run = workspace / RUN
+    if damage == "checkpoint":
+        (run / "checkpoints" / "colar_best.ckpt").write_text("junk")
+    elif damage == "hparams":
+        (run / "hparams.yaml").write_text("model_kwargs: [")
+    else:
+        shutil.rmtree(workspace / "logs")
+    recipe = write_recipe(tmp_path, model=FIELDS | {"checkpoint": str(workspace)})
+    with pytest.raises(ModelError) as err:
+        run_recipe(recipe)
+    message = str(err.value)
+    assert "\n" not in message
+    assert ("colar_best.ckpt: cannot read" in message) == (damage == "checkpoint")
+    assert ("holds no CoLaR checkpoint" in message) == (damage != "checkpoint")

@@ -87,3 +87,33 @@ def test_the_placeholder_pass_has_no_thought_input(tmp_path):
     patch = {"mode": "single", "site": "thought", "positions": ["1@0"]}
     with pytest.raises(RecipeError, match=r"site 'thought' has only thought positions"):
         run_recipe(write_recipe(tmp_path, model=FIELDS, patch=patch))
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("pccot_args.json", None),
+        ("config.json", None),
+        ("adapter_config.json", "{not json"),
+        ("pccot_args.json", "[1, 2]"),
+        ("adapter_model.safetensors", "garbage"),
+    ],
+)
+def test_a_broken_release_file_is_one_line_naming_it(tmp_path, name, content):
+    """Each file of the release missing or unreadable: one line naming it, no run folder."""
+    import shutil
+
+    from nnpatch.errors import ModelError
+
+    release = tmp_path / "release"
+    shutil.copytree(FIELDS["checkpoint"], release)
+    if content is None:
+        (release / name).unlink()
+    else:
+        (release / name).write_text(content)
+    recipe = write_recipe(tmp_path, model=FIELDS | {"checkpoint": str(release)})
+    with pytest.raises((ModelError, RecipeError)) as err:
+        run_recipe(recipe)
+    assert name in str(err.value) and "\n" not in str(err.value)
+    outputs = tmp_path / "outputs"
+    assert not outputs.exists() or not any(outputs.iterdir())

@@ -153,9 +153,12 @@ def _json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ModelError(f"{path}: cannot read it ({err})") from None
+        reason = "missing" if isinstance(err, FileNotFoundError) else f"unreadable ({err})"
+        raise ModelError(
+            f"model.checkpoint: {path}: {reason}; a PCCoT release holds {', '.join(FILES)}"
+        ) from None
     if not isinstance(value, dict):
-        raise ModelError(f"{path}: not a JSON object")
+        raise ModelError(f"model.checkpoint: {path}: not a JSON object")
     return value
 
 

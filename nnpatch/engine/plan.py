@@ -76,6 +76,14 @@ def selected_positions(
                 f"{model.name} has no position {position!r}",
                 f"use {model.describe_positions()}",
             )
+        if isinstance(position, int) and top < 0:
+            raise RecipeError(
+                source,
+                field,
+                f"thought position {position} is out of range: {model.name} thinks no "
+                "thoughts here (thinking = 'direct')",
+                "use 'bot' or 'eot'",
+            )
         if isinstance(position, int) and not 0 <= position <= top:
             named = model.named_positions and site != "thought"  # thought sites: thoughts only
             raise RecipeError(

@@ -217,6 +217,7 @@ class ThoughtModel(PlacedModule):
         key_report: object | None = None,
         eos_before_bot: bool = False,
         answer_space: bool = True,
+        direct: bool = False,
     ) -> None:
         self.module = module.eval()
         self.tokenizer = tokenizer
@@ -229,6 +230,10 @@ class ThoughtModel(PlacedModule):
         # whether the answer's text starts with a space (after a prefix such as "The answer
         # is:"); answer-only checkpoints write the bare number right after eot
         self.answer_space = answer_space
+        # direct mode: no bot and no thoughts; the question's last token stands as bot
+        self.direct = direct
+        if direct:
+            module.num_thoughts = 0
 
     # whether the family's evaluation feeds the answer prefix as input after eot (PCCoT's
     # "The answer is:") rather than letting the model write it (CODI, Coconut)
@@ -281,7 +286,7 @@ class ThoughtModel(PlacedModule):
         """Each position's absolute index in the unpadded sequence, and a name for its token:
         question 0..n-1, bot at n, thought t at n+1+t, eot at n+K+1."""
         n = len(self.question_ids(question)) - 1
-        out = {"bot": (n, "<bot>")}
+        out = {"bot": (n, "<last question token>" if self.direct else "<bot>")}
         out |= {str(t): (n + 1 + t, f"<thought {t}>") for t in range(self.num_thoughts)}
         out["eot"] = (n + 1 + self.num_thoughts, "<eot>")
         return out
@@ -314,7 +319,7 @@ class ThoughtModel(PlacedModule):
     def question_ids(self, question: str) -> list[int]:
         ids = self.tokenizer(self.question_text(question), add_special_tokens=True).input_ids
         eos = [self.eos_id] if self.eos_before_bot else []
-        return [*ids, *eos, self.module.bot_id]
+        return [*ids, *eos] if self.direct else [*ids, *eos, self.module.bot_id]
 
     def encode(
         self, questions: list[str], clean_answers: list[list[int]], corrupt_answers: list[list[int]]

@@ -18,7 +18,7 @@ from nnpatch.recipe import Recipe
 
 CHUNK = 1 << 22
 # [model] fields added after runs were first fingerprinted
-UNSET_ADDED_LATER = ("eos_before_thought", "prompt", "projection", "thought_tokens")
+UNSET_ADDED_LATER = ("eos_before_thought", "prompt", "projection", "thought_tokens", "thinking")
 
 
 def _sha(data: object) -> str:

@@ -142,7 +142,7 @@ def run_nnpatch(model, ids: list[list[int]], tokens: list[list[int]]):
             logits, _ = module(question, mask, torch.zeros(0, dtype=torch.long), answer, answer)
     finally:
         handle.remove()
-    return torch.cat(fed, dim=1), logits
+    return (torch.cat(fed, dim=1) if fed else None), logits  # direct mode: no latents
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -280,3 +280,32 @@ def test_the_keys_their_loader_ignores_are_the_ones_nnpatch_drops(golden):
     unused = golden.meta["their_load_state_dict"]["unexpected"]
     assert sum(report.dropped.values()) == unused
     assert not report.missing and not report.unexpected
+
+
+MODES = [g for g in GOLDENS if "direct" in g.meta.get("modes", {})]
+
+
+@pytest.mark.parametrize("golden", MODES, ids=lambda g: g.name)
+def test_direct_mode_is_their_direct_mode(golden):
+    """thinking = "direct" (the multimode checkpoints' answer without thinking): the ids their
+    evaluation fed (the question, its end-of-prompt token, then eocot) and the logits of the
+    answer steps after it, within 1e-5."""
+    model = _load(golden, thinking="direct")
+    assert model.num_thoughts == 0
+    done = set()
+    for row in golden.meta["modes"]["direct"]:
+        question = row["question"]
+        if question in done or row.get("pad_count"):
+            continue
+        done.add(question)
+        ids = model.question_ids(golden.meta["questions"][question])
+        assert [*ids, model.module.eot_id] == row["input_ids"]
+        steps = row["steps"]
+        _, logits = run_nnpatch(model, [ids], [row["tokens"][:steps]])
+        theirs = golden.tensors[f"direct.q{question}.logits"]
+        assert _max_diff(logits[0, :steps], theirs[:steps]) < TOLERANCE
+    assert done
+
+
+def test_every_multimode_golden_has_a_direct_mode():
+    assert sorted(g.name for g in MODES) == sorted(n for n in NAMES if n.startswith("multimode"))

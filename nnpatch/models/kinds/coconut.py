@@ -96,6 +96,7 @@ def load_coconut(section) -> ThoughtModel:
         question_style="strip-newline" if multimode else "coconut",
         key_report=report,
         eos_before_bot=bool(getattr(section, "eos_before_thought", None)),
+        direct=getattr(section, "thinking", None) == "direct",
     )
 
 
@@ -124,6 +125,7 @@ KIND = Kind(
         "num_thoughts",
         "eos_before_thought",
         "thought_tokens",
+        "thinking",
     ),
     load=load_coconut,
     shape=lambda section: thought_shape(section, THOUGHTS),

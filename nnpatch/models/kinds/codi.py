@@ -113,6 +113,7 @@ def load_codi(section) -> ThoughtModel:
         question_style="answer-only" if answer_only else ("strip" if markers else "codi"),
         key_report=report,
         eos_before_bot=bool(getattr(section, "eos_before_thought", None)),
+        direct=getattr(section, "thinking", None) == "direct",
         answer_space=not answer_only,
     )
 
@@ -183,6 +184,7 @@ KIND = Kind(
         "eos_before_thought",
         "prompt",
         "thought_tokens",
+        "thinking",
     ),
     load=load_codi,
     shape=lambda section: thought_shape(section, THOUGHTS),

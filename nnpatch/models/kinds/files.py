@@ -47,6 +47,7 @@ class ReleaseFiles:
     prj_dim: int | None = None
     projection: bool | None = None
     thought_tokens: str | None = None
+    thinking: str | None = None
     lora_r: int | None = None
     lora_alpha: float = 32
     eos_before_thought: bool | None = None
@@ -134,6 +135,8 @@ def thought_shape(section, default_thoughts: int):
     name = section.checkpoint or section.base
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     thoughts = section.num_thoughts or default_thoughts
+    if getattr(section, "thinking", None) == "direct":
+        thoughts = 0  # direct mode: no thoughts whatever the release thinks in latent mode
     return ModelShape(name, config.num_hidden_layers, thoughts, num_heads=heads)
 
 

@@ -312,6 +312,16 @@ class ThoughtModel(PlacedModule):
         )
         return [self.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
+    # the text after the last of these in a decoded answer is what the family's evaluation
+    # reads (Coconut: "#", CoLaR: "Answer:"); None: all of it (CODI: its last number)
+    answer_marker: str | None = None
+
+    def read_answer(self, decoded: str) -> str:
+        """The part of a decoded answer the family's own evaluation reads."""
+        if self.answer_marker and self.answer_marker in decoded:
+            return decoded.rsplit(self.answer_marker, 1)[1]
+        return decoded
+
     def question_text(self, question: str) -> str:
         """The text the tokenizer sees, prepared exactly as the model's authors prepare it."""
         return QUESTION_STYLES[self.question_style](question)

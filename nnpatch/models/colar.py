@@ -117,6 +117,12 @@ class ColarThoughts(ThoughtModel):
         """The question in CoLaR's template, as its prepare_inputs builds it (not stripped)."""
         return self.prompt.replace("{question}", question)
 
+    def read_answer(self, decoded: str) -> str:
+        """As extract_answer_from_output reads it: the text after the first "Answer:" (up
+        to a second one), or all of it."""
+        parts = decoded.split(self.answer_prefix)
+        return parts[1] if len(parts) > 1 else decoded
+
     def question_ids(self, question: str) -> list[int]:
         """The prompt as CoLaR's prepare_inputs builds it: no BOS, nothing after "###"."""
         return self.tokenizer(self.question_text(question), add_special_tokens=False).input_ids

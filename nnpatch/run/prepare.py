@@ -211,7 +211,10 @@ def _keep_both_correct(model, pairs: list[Pair], counts: dict, recipe: Recipe, s
             part, decoded[: len(part)], decoded[len(part) :], strict=True
         ):
             checked += 1
-            if answer_is(clean, pair.clean_answer) and answer_is(corrupt, pair.corrupted_answer):
+            read = getattr(model, "read_answer", str)  # as the family's evaluation reads it
+            if answer_is(read(clean), pair.clean_answer) and answer_is(
+                read(corrupt), pair.corrupted_answer
+            ):
                 kept.append(pair)
             if len(kept) == limit:
                 break

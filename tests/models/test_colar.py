@@ -148,3 +148,11 @@ def test_a_broken_run_folder_is_one_line(tmp_path, damage):
     assert "\n" not in message
     assert ("colar_best.ckpt: cannot read" in message) == (damage == "checkpoint")
     assert ("holds no CoLaR checkpoint" in message) == (damage != "checkpoint")
+
+
+@pytest.mark.parametrize(
+    ("decoded", "read"),
+    [("Answer:18", "18"), ("###Answer: 7 Answer: 9", " 7 "), ("no marker 5", "no marker 5")],
+)
+def test_answers_are_read_as_their_evaluation_reads_them(model, decoded, read):
+    assert model.read_answer(decoded) == read

@@ -250,6 +250,18 @@ def test_coconut_greedy_answers_match(tmp_path):
     )
 
 
+def test_coconut_answers_are_read_after_the_last_hash(tmp_path):
+    """run.py reads the text after the last "#": "### 3 ### 12" gives 12, and the
+    both-correct filter compares that."""
+    from nnpatch.models.base import answer_is
+
+    _, _, base, path = write_coconut_release(tmp_path)
+    model = load_coconut(ModelSection(kind="coconut", base=str(base), checkpoint=str(path)))
+    assert model.read_answer("### 3 ### 12") == " 12"
+    assert answer_is(model.read_answer("### 3 ### 12"), "12")
+    assert not answer_is(model.read_answer("### 12 ### 3"), "12")
+
+
 def test_coconut_greedy_never_decodes_a_latent_token(tmp_path):
     """Even where the base config's vocabulary is padded past the tokenizer (so the latent
     tokens sit below config.vocab_size) and a latent token has the top logit, greedy

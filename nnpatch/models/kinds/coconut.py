@@ -88,7 +88,7 @@ def load_coconut(section) -> ThoughtModel:
     )
     load_exactly(module, {f"lm.{k}": v for k, v in lm_state.items()}, report, tied_keys(config))
     lm.tie_weights()
-    return ThoughtModel(
+    model = ThoughtModel(
         module,
         tokenizer,
         section.checkpoint,
@@ -98,6 +98,8 @@ def load_coconut(section) -> ThoughtModel:
         eos_before_bot=bool(getattr(section, "eos_before_thought", None)),
         direct=getattr(section, "thinking", None) == "direct",
     )
+    model.answer_marker = "#"  # run.py: the text after the last "#"
+    return model
 
 
 def _weights(section):

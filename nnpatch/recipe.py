@@ -46,10 +46,11 @@ class ModelSection(Section):
     # thought markers are <bocot>/<eocot> (CODI: bare ids V, V + 1 and pad = eos; Coconut:
     # <|bocot|>, <|eocot|>, <|latent|> in the tokenizer), read in their latent mode
     thought_tokens: Literal["codi", "multimode"] | None = None
-    # codi, coconut: "direct" reads checkpoints trained to also answer without thinking
-    # (Cywiński et al., multimode) in that mode: the question, then eot, then the answer;
-    # no bot and no thoughts, so the positions are bot (the question's last token) and eot
-    thinking: Literal["latent", "direct"] | None = None
+    # codi, coconut: checkpoints trained in several modes (Cywiński et al., multimode) read
+    # in another: "direct" answers without thinking (positions bot, the question's last
+    # token, and eot); "verbalized" writes its chain of thought after bot until eot, and
+    # thought t is the t-th token it wrote
+    thinking: Literal["latent", "direct", "verbalized"] | None = None
     lora_r: Int | None = Field(default=None, ge=1)
     lora_alpha: Float = Field(default=32, gt=0)
     answer_prefix: str | None = None  # causal_lm: text before the answer (default "The answer is:")

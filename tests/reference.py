@@ -55,11 +55,14 @@ def pccot_call_and_token(site: str, position: str, slots: int, iterations: int):
     return t, int(slot) - slots if t == 0 else int(slot)
 
 
-def locate(model, site: str, position: str) -> tuple[int, int]:
-    """(call, token) of a cell in one unpadded forward, by the model's loop."""
+def locate(model, site: str, position: str, question: str) -> tuple[int, int]:
+    """(call, token) of a cell in one unpadded forward of `question`, by the model's loop
+    (a model whose thoughts differ per question runs exactly this question's)."""
     iterations = getattr(model.module, "num_iterations", None)
     if iterations is not None:
         return pccot_call_and_token(site, position, model.num_thoughts, iterations)
+    if hasattr(model, "thoughts_of"):
+        return call_and_token(site, position, len(model.thoughts_of([question])[0]))
     return call_and_token(site, position, model.num_thoughts)
 
 
@@ -80,13 +83,21 @@ def run_one(
     handles += [
         module.register_forward_pre_hook(hook, with_kwargs=True) for module, hook in pre_hooks
     ]
-    thoughts = model.module.num_thoughts
-    if hasattr(model, "count"):  # CoLaR: this question thinks its own number of latents
-        model.module.num_thoughts = model.count([question])[0]
+    thoughts, extra = model.module.num_thoughts, {}
+    if hasattr(model, "thoughts_of"):  # thoughts decided per question (CoLaR, verbalized):
+        written = model.thoughts_of([question])[0]  # this question thinks its own
+        model.module.num_thoughts = len(written)
+        if model.writes:  # and feeds the tokens it wrote
+            extra["thought_ids"] = torch.tensor([written])
     try:
         with torch.no_grad():
             logits_clean, logits_corrupt = model.module(
-                ids, torch.ones_like(ids), prefix, torch.tensor([clean]), torch.tensor([corrupt])
+                ids,
+                torch.ones_like(ids),
+                prefix,
+                torch.tensor([clean]),
+                torch.tensor([corrupt]),
+                **extra,
             )
     finally:
         model.module.num_thoughts = thoughts
@@ -197,8 +208,9 @@ def reference_rows(
         for spec in specs:
             targets = {}
             for position in spec.positions:
-                call, token = locate(model, site, position)
-                targets[call] = (token, recorded[(site, spec.layer)][call][:, token])
+                call, token = locate(model, site, position, receiver_question)
+                at, at_token = locate(model, site, position, donor_question)
+                targets[call] = (token, recorded[(site, spec.layer)][at][:, at_token])
             patched = run_one(
                 model,
                 receiver_question,

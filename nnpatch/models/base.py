@@ -119,6 +119,7 @@ class Encoded:
     corrupt_mask: torch.Tensor  # [B, A']
     offsets: torch.Tensor  # [rows] added to a cell's token index (zeros: fixed positions)
     thought_counts: torch.Tensor | None = None  # [B] thoughts per row, where they differ
+    thought_ids: torch.Tensor | None = None  # [B, K] written thoughts (verbalized)
 
     def args(self) -> tuple[torch.Tensor, ...]:
         return (

@@ -116,13 +116,21 @@ class CodiModel(nn.Module):
             state = self._thought(state)
         return state
 
-    def _thought(self, state: Asked, counts: torch.Tensor | None = None) -> Asked:
+    def _thought(
+        self, state: Asked, counts: torch.Tensor | None = None, written: torch.Tensor | None = None
+    ) -> Asked:
         """One recurrent step: prj of the last hidden state, fed back as the next input.
 
         `counts` [B]: thoughts each row thinks (CoLaR decides per question); a row past its
         count feeds a masked thought that nothing after it sees, as CoLaR's batched loop does.
+        `written` [B, K]: token ids each row wrote instead (a verbalized chain of thought):
+        step t feeds token t's embedding.
         """
-        thought = self.prj(state.hidden)  # [B, 1, d]
+        if written is None:
+            thought = self.prj(state.hidden)  # [B, 1, d]
+        else:
+            step = written[:, state.thoughts : state.thoughts + 1]
+            thought = self.lm.get_input_embeddings()(step)
         if counts is None:
             step = state.mask.new_ones(state.mask.shape[0], 1)
         else:
@@ -139,6 +147,7 @@ class CodiModel(nn.Module):
         asked: Asked | None = None,
         thought_hidden: list[torch.Tensor] | None = None,
         thought_counts: torch.Tensor | None = None,
+        thought_ids: torch.Tensor | None = None,
     ) -> Thinking:
         """The K recurrent thoughts after the question pass, continuing from `asked` when the
         question pass (and perhaps some thoughts) already ran; the state the answer follows.
@@ -146,7 +155,7 @@ class CodiModel(nn.Module):
         `thought_counts` [B] (at most K) masks each row's thoughts after its own count."""
         state = self.ask(input_ids, attention_mask) if asked is None else asked
         while state.thoughts < self.num_thoughts:
-            state = self._thought(state, thought_counts)
+            state = self._thought(state, thought_counts, thought_ids)
             if thought_hidden is not None:
                 thought_hidden.append(state.hidden[:, 0])
         return Thinking(state.cache, state.mask, state.next_position)
@@ -160,8 +169,11 @@ class CodiModel(nn.Module):
         corrupt_answer: torch.Tensor,  # [B, A'] right-padded
         asked: Asked | None = None,  # the question pass (+ thoughts), run before the trace
         thought_counts: torch.Tensor | None = None,  # [B] per-row thoughts (CoLaR)
+        thought_ids: torch.Tensor | None = None,  # [B, K] written thoughts (verbalized)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        state = self.think(input_ids, attention_mask, asked, thought_counts=thought_counts)
+        state = self.think(
+            input_ids, attention_mask, asked, thought_counts=thought_counts, thought_ids=thought_ids
+        )
         cache, mask, batch = state.cache, state.mask, input_ids.shape[0]
         eot = input_ids.new_full((batch, 1), self.eot_id)
         prefix = prefix_ids.to(input_ids.device).expand(batch, -1)
@@ -201,13 +213,16 @@ class CodiModel(nn.Module):
         max_new: int = 24,
         prompt_ids: list[int] = (),
         thought_counts: torch.Tensor | None = None,
+        thought_ids: torch.Tensor | None = None,
     ) -> list[list[int]]:
         """Greedy decoding after eot (and `prompt_ids`, for families that read their answer
         prompt as input), as the family's evaluation does; token ids up to eos per row.
 
         The model's marker ids (CODI's pad, bot, eot; Coconut's latent tokens) are never chosen.
         """
-        state = self.think(input_ids, attention_mask, thought_counts=thought_counts)
+        state = self.think(
+            input_ids, attention_mask, thought_counts=thought_counts, thought_ids=thought_ids
+        )
         batch = input_ids.shape[0]
         mask, position = state.mask, state.next_position
         token = torch.tensor([[self.eot_id, *prompt_ids]], device=input_ids.device)

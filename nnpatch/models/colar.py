@@ -19,9 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nnpatch.errors import ModelError
-from nnpatch.models.base import Encoded, ModelShape, ThoughtModel, pad_rows
 from nnpatch.models.codi import CodiModel
+from nnpatch.models.per_question import PerQuestionThoughts
 
 
 class PolicyMean(nn.Module):
@@ -68,48 +67,15 @@ class ColarModel(CodiModel):
         return counts
 
 
-class ColarThoughts(ThoughtModel):
-    """CoLaR with its tokenizer. Its latent counts are known once it reads the pairs
-    (`bind_pairs`, the engine's hook for per-pair positions): a pair's latents run to the
-    shorter of its two questions' counts, and rows past them are counted, never patched."""
+class ColarThoughts(PerQuestionThoughts):
+    """CoLaR with its tokenizer: each question thinks the latents the model itself decides
+    (`PerQuestionThoughts` holds them per question and masks batches by them)."""
 
-    shares_question = False  # rows carry their own latent counts
+    thought_name = "latent"
 
-    def __init__(self, *args, max_latents: int = 64, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.max_latents = max_latents
-        self.counts: dict[str, int] = {}  # question text → its latent count
-        self.span_lengths: dict[str, int] = {}  # pair id → latents both questions have
-
-    @property
-    def shape(self) -> ModelShape:
-        if not self.counts:
-            raise ModelError(
-                f"{self.name}: CoLaR decides its latent count per question; positions are "
-                "known once it reads the pairs (nnpatch inspect or run checks them)"
-            )
-        return ModelShape(self.name, self.num_layers, self.num_thoughts, num_heads=self.num_heads)
-
-    def count(self, questions: list[str], batch_size: int = 16) -> list[int]:
-        """The model's own latent count for each question (computed once per text)."""
-        missing = [q for q in dict.fromkeys(questions) if q not in self.counts]
-        for first in range(0, len(missing), batch_size):
-            chunk = missing[first : first + batch_size]
-            ids, mask = pad_rows([self.question_ids(q) for q in chunk], self.module.pad_id, True)
-            found = self.module.count_thoughts(
-                ids.to(self.device), mask.to(self.device), self.max_latents
-            )
-            self.counts |= dict(zip(chunk, map(int, found), strict=True))
-        return [self.counts[q] for q in questions]
-
-    def bind_pairs(self, pairs, markers=None) -> None:
-        clean = self.count([p.clean_question for p in pairs])
-        corrupt = self.count([p.corrupted_question for p in pairs])
-        self.span_lengths = {p.id: min(a, b) for p, a, b in zip(pairs, clean, corrupt, strict=True)}
-        self.module.num_thoughts = max(clean + corrupt)
-
-    def span_of(self, pair) -> int | None:
-        return self.span_lengths[pair.id]
+    def decide(self, ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+        counts = self.module.count_thoughts(ids, mask, self.max_thoughts)
+        return [[0] * int(count) for count in counts]  # latents: only their count is known
 
     prompt = "{question}"  # the loader sets CoLaR's template with its thinking speed
 
@@ -126,38 +92,3 @@ class ColarThoughts(ThoughtModel):
     def question_ids(self, question: str) -> list[int]:
         """The prompt as CoLaR's prepare_inputs builds it: no BOS, nothing after "###"."""
         return self.tokenizer(self.question_text(question), add_special_tokens=False).input_ids
-
-    def position_tokens(self, question: str) -> dict[str, tuple[int, str]]:
-        """bot is the prompt's last token ("###"); latent t follows it; eot after the last
-        latent of this question."""
-        n = len(self.question_ids(question)) - 1
-        count = self.counts.get(question, self.num_thoughts)
-        out = {"bot": (n, "###")}
-        out |= {str(t): (n + 1 + t, f"<latent {t}>") for t in range(count)}
-        out["eot"] = (n + 1 + count, "###")
-        return out
-
-    def encode(self, questions, clean_answers, corrupt_answers) -> Encoded:
-        encoded = super().encode(questions, clean_answers, corrupt_answers)
-        counts = torch.tensor(self.count(questions), dtype=torch.long)
-        encoded.thought_counts = counts.to(self.device)
-        return encoded
-
-    def trace_inputs(self, encoded: Encoded) -> tuple[tuple, dict]:
-        return encoded.args(), {"thought_counts": encoded.thought_counts}
-
-    def greedy_answers(self, questions: list[str], max_new: int = 24) -> list[str]:
-        ids, mask = pad_rows([self.question_ids(q) for q in questions], self.module.pad_id, True)
-        counts = torch.tensor(self.count(questions), device=self.device)
-        saved, self.module.num_thoughts = self.module.num_thoughts, int(counts.max())
-        try:
-            rows = self.module.generate(
-                ids.to(self.device),
-                mask.to(self.device),
-                self.eos_id,
-                max_new,
-                thought_counts=counts,
-            )
-        finally:
-            self.module.num_thoughts = saved
-        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in rows]

@@ -57,6 +57,7 @@ class PccotModel(CodiModel):
         asked=None,
         thought_hidden: list[torch.Tensor] | None = None,
         thought_counts: torch.Tensor | None = None,
+        thought_ids: torch.Tensor | None = None,
     ) -> Thinking:
         """The placeholder pass and the T iterations; the cache then holds the question +
         bot and the slots of the last iteration. `thought_hidden`, if given, receives each

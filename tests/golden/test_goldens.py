@@ -309,3 +309,34 @@ def test_direct_mode_is_their_direct_mode(golden):
 
 def test_every_multimode_golden_has_a_direct_mode():
     assert sorted(g.name for g in MODES) == sorted(n for n in NAMES if n.startswith("multimode"))
+
+
+@pytest.mark.parametrize("golden", MODES, ids=lambda g: g.name)
+def test_verbalized_mode_writes_their_chain_of_thought(golden):
+    """thinking = "verbalized": after bot the model writes the tokens their evaluation's
+    greedy generation wrote, with their logits at each written step (within 1e-5)."""
+    model = _load(golden, thinking="verbalized")
+    done = set()
+    for row in golden.meta["modes"]["verbalized"]:
+        question = row["question"]
+        if question in done or row.get("pad_count"):
+            continue
+        done.add(question)
+        text = golden.meta["questions"][question]
+        ids = model.question_ids(text)
+        assert ids == row["input_ids"]
+        written = model.thoughts_of([text])[0]
+        theirs = row["tokens"]
+        stop = theirs.index(model.module.eot_id) if model.module.eot_id in theirs else len(theirs)
+        assert written[:stop] == theirs[:stop]
+        module, steps = model.module, row["steps"]
+        with torch.no_grad():
+            state = module.ask(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+            logits = [module._logits(state.hidden[:, -1])]
+            tokens = torch.tensor([theirs])
+            for _ in range(steps - 1):
+                state = module._thought(state, written=tokens)
+                logits.append(module._logits(state.hidden[:, -1]))
+        ours = torch.cat(logits)
+        assert _max_diff(ours, golden.tensors[f"verbalized.q{question}.logits"][:steps]) < TOLERANCE
+    assert done

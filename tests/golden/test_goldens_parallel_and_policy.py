@@ -142,7 +142,7 @@ def colar():
     with torch.no_grad():
         row = torch.tensor(golden["pad_row_used"], dtype=torch.float64)
         model.module.lm.get_input_embeddings().weight[golden["ids"]["pad"]] = row
-    model.max_latents = 12  # their run's max_n_latent_forward
+    model.max_thoughts = 12  # their run's max_n_latent_forward
     return model, golden
 
 

@@ -32,6 +32,7 @@ from nnpatch.models.kinds.files import (
     keys_of,
     load_dtype,
     release_weights,
+    thought_model,
     thought_shape,
     tied_keys,
 )
@@ -88,7 +89,7 @@ def load_coconut(section) -> ThoughtModel:
     )
     load_exactly(module, {f"lm.{k}": v for k, v in lm_state.items()}, report, tied_keys(config))
     lm.tie_weights()
-    model = ThoughtModel(
+    model = thought_model(section)(
         module,
         tokenizer,
         section.checkpoint,

@@ -37,6 +37,7 @@ from nnpatch.models.kinds.files import (
     keys_of,
     load_dtype,
     release_weights,
+    thought_model,
     thought_shape,
     tied_keys,
 )
@@ -105,7 +106,7 @@ def load_codi(section) -> ThoughtModel:
     load_exactly(module, combined, report, tied_keys(config))
     lm.tie_weights()
     answer_only = getattr(section, "prompt", None) == "answer-only"
-    return ThoughtModel(
+    return thought_model(section)(
         module,
         tokenizer,
         section.checkpoint,

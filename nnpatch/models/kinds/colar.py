@@ -95,7 +95,7 @@ def load_colar(section) -> ColarThoughts:
         answer_prefix=ANSWER_PREFIX,
         key_report=report,
         answer_space=False,
-        max_latents=limit,
+        max_thoughts=limit,
     )
     model.prompt = PROMPT.replace("{speed}", str(speed))
     return model

@@ -209,3 +209,14 @@ def base_language_model(section, vocab: int) -> nn.Module:
                 if vocab > rows:
                     matrix[rows:] = matrix[:rows].mean(0)
     return lm
+
+
+def thought_model(section):
+    """The adapter a continuous-thought release is read with: latent (and direct) thinking,
+    or its verbalized mode, whose thoughts are the tokens it writes per question."""
+    from nnpatch.models.base import ThoughtModel
+    from nnpatch.models.per_question import VerbalizedThoughts
+
+    return (
+        VerbalizedThoughts if getattr(section, "thinking", None) == "verbalized" else ThoughtModel
+    )

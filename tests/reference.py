@@ -381,7 +381,7 @@ def source_reference_rows(
         for spec in specs:
             targets: dict = {}
             for position in spec.positions:
-                call, token = locate(model, site, position)
+                call, token = locate(model, site, position, receiver)
                 vector = source_vector(
                     model, pairs, i, spec, position, site, direction, source, scale, seed
                 )

@@ -19,7 +19,7 @@ from nnpatch.engine.plan import PatchSpec
 from nnpatch.engine.trace import Engine, PairAnswers
 from nnpatch.errors import ModelError, PairsError, RecipeError
 from nnpatch.models import ModelShape, ThoughtModel, build_model, model_shape
-from nnpatch.models.base import answer_is
+from nnpatch.models.text import answer_is
 from nnpatch.pairs import Pair, load_pair_set
 from nnpatch.recipe import Recipe, read_recipe
 from nnpatch.run import batching

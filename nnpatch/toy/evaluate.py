@@ -14,7 +14,8 @@ import random
 
 import torch
 
-from nnpatch.models.base import ThoughtModel, answer_is
+from nnpatch.models.base import ThoughtModel
+from nnpatch.models.text import answer_is
 from nnpatch.pairs.toy import NUM_OPS, Problem, sample
 
 HELD_OUT_SEED = 10_000  # training draws from random.Random(seed); held-out problems from here

@@ -20,6 +20,6 @@ import pytest
     ],
 )
 def test_answers_compare_as_codi_evaluation_does(decoded, expected, right):
-    from nnpatch.models.base import answer_is
+    from nnpatch.models.text import answer_is
 
     assert answer_is(decoded, expected) is right

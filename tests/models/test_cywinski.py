@@ -12,8 +12,8 @@ import torch
 from release_builders import CYWINSKI_TOKENS, write_cywinski_release
 
 from nnpatch.errors import ModelError
-from nnpatch.models.base import ANSWER_ONLY
 from nnpatch.models.kinds.codi import load_codi
+from nnpatch.models.text import ANSWER_ONLY
 from nnpatch.pairs.builtin import tiny_arithmetic
 from nnpatch.recipe import ModelSection
 

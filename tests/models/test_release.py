@@ -253,7 +253,7 @@ def test_coconut_greedy_answers_match(tmp_path):
 def test_coconut_answers_are_read_after_the_last_hash(tmp_path):
     """run.py reads the text after the last "#": "### 3 ### 12" gives 12, and the
     both-correct filter compares that."""
-    from nnpatch.models.base import answer_is
+    from nnpatch.models.text import answer_is
 
     _, _, base, path = write_coconut_release(tmp_path)
     model = load_coconut(ModelSection(kind="coconut", base=str(base), checkpoint=str(path)))

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from nnpatch.engine.metrics import METRICS
+from nnpatch.engine.metrics import DECODED, METRICS, decodes, numeric, scored
 from nnpatch.engine.modes import MODES, SECTIONS
 from nnpatch.errors import RecipeError
 from nnpatch.fields import Float, Int, PathText, Section, Seed, Text
@@ -159,23 +159,50 @@ class DataSection(Section):
 Patch = Annotated[Union[SECTIONS], Field(discriminator="mode")]  # noqa: UP007
 
 
+KNOWN_METRICS = (*METRICS, *DECODED)
+
+
 class MetricsSection(Section):
-    names: list[Annotated[str, Field(json_schema_extra={"examples": list(METRICS)})]] = Field(
-        default_factory=lambda: list(METRICS), min_length=1
+    # logit metrics (teacher-forced at the answer position), and the decoded answer's:
+    # `answer` (the text written greedily after the patched thoughts), `correct` (it gives
+    # the clean answer), `gives_corrupted` (it gives the corrupted one)
+    names: list[Annotated[str, Field(json_schema_extra={"examples": list(KNOWN_METRICS)})]] = (
+        Field(default_factory=lambda: list(METRICS), min_length=1)
     )
+    # the most tokens a decoded answer may have (eos included); a longer one is cut there
+    answer_tokens: Annotated[Int, Field(ge=1, le=512)] = 24
 
     @field_validator("names")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
         for name in names:
-            if name not in METRICS:
-                close = difflib.get_close_matches(name, list(METRICS), n=1)
+            if name not in KNOWN_METRICS:
+                close = difflib.get_close_matches(name, list(KNOWN_METRICS), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"unknown metric {name!r}{hint}; known: {', '.join(METRICS)}")
+                raise ValueError(
+                    f"unknown metric {name!r}{hint}; known: {', '.join(KNOWN_METRICS)}"
+                )
         twice = next((name for name in names if names.count(name) > 1), None)
         if twice is not None:
             raise ValueError(f"metric {twice!r} is listed twice; list each once")
+        if not numeric(names):
+            raise ValueError("`answer` alone is text; add `correct` to have a number per row")
         return names
+
+    @property
+    def numeric(self) -> list[str]:
+        """The metrics with a number per row: the results' metric columns."""
+        return numeric(self.names)
+
+    @property
+    def decode_tokens(self) -> int:
+        """Answer tokens each row decodes (0: no metric reads a decoded answer)."""
+        return self.answer_tokens if decodes(self.names) else 0
+
+    @property
+    def shard_width(self) -> int:
+        """Values per row as a trace returns them: logit metrics, then answer token ids."""
+        return len(scored(self.names)) + self.decode_tokens
 
 
 class WandbSection(Section):

@@ -73,11 +73,14 @@ def run_one(
     corrupt: list[int],
     hooks: list[tuple[torch.nn.Module, object]] = (),
     pre_hooks: list[tuple[torch.nn.Module, object]] = (),
+    prefix: list[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One unpadded recurrent forward with the given hooks (`pre_hooks` see and may replace
-    the module's kwargs); answer logits as float64."""
+    the module's kwargs); answer logits as float64. `prefix`: the tokens teacher-forced
+    between eot and the answer (default: the answer prefix's)."""
     ids = torch.tensor([model.question_ids(question)])
-    prefix = model.tokenizer(model.answer_prefix, add_special_tokens=False).input_ids
+    if prefix is None:
+        prefix = model.tokenizer(model.answer_prefix, add_special_tokens=False).input_ids
     prefix = torch.tensor(prefix, dtype=torch.long)  # answer-only checkpoints: no prefix
     handles = [module.register_forward_hook(hook) for module, hook in hooks]
     handles += [
@@ -586,3 +589,68 @@ def assert_matches_reference(
                 atol=1e-4,
                 err_msg=f"{name} {row['pair_id']} {row['positions']}",
             )
+
+
+# ---- decoded answers ----------------------------------------------------------------------
+def multi_patcher(targets: dict[int, list[tuple[int, torch.Tensor]]]):
+    """Replace output[:, token] on the listed calls, several tokens a call."""
+    count = {"n": 0}
+
+    def hook(module, args, output):
+        call = count["n"]
+        count["n"] += 1
+        if call not in targets:
+            return None
+        value = output[0] if isinstance(output, tuple) else output
+        patched = value.clone()
+        for token, vector in targets[call]:
+            patched[:, token] = vector
+        return (patched, *output[1:]) if isinstance(output, tuple) else patched
+
+    return hook
+
+
+def decoded_reference(model, question: str, make_hooks, tokens: int) -> str:
+    """Greedy decoding with neither a KV cache nor `generate`: each step is one hooked
+    recurrent forward of `question` teacher-forcing the tokens written so far right after
+    eot (or after the answer prompt, for a family that reads it), and the next token is the
+    argmax at the last of them, the model's markers never chosen. `make_hooks()` gives
+    fresh (forward hooks, pre-hooks) for each forward."""
+    eos = model.tokenizer.eos_token_id
+    prefix = model.prefix_ids() if model.prompt_in_input else []
+    markers = list(model.module.marker_ids)
+    written: list[int] = []
+    for _ in range(tokens):
+        forced = [*written, eos]
+        hooks, pre_hooks = make_hooks()
+        logits, _ = run_one(model, question, forced, forced, hooks, pre_hooks, prefix=prefix)
+        step = logits[len(written)].copy()
+        step[markers] = -np.inf
+        token = int(step.argmax())
+        if token == eos:
+            break
+        written.append(token)
+    return model.tokenizer.decode(written, skip_special_tokens=True)
+
+
+def lm_decoded_reference(model, prompt: str, make_hooks, tokens: int) -> str:
+    """A plain LM's greedy answer with neither cache nor `generate`: each step one hooked
+    unpadded forward of the prompt, the answer prefix and the tokens so far."""
+    eos = model.tokenizer.eos_token_id
+    head, span, tail = model.pieces(prompt)
+    prefix = model.tokenizer(" " + model.answer_prefix, add_special_tokens=False).input_ids
+    written: list[int] = []
+    for _ in range(tokens):
+        handles = [module.register_forward_hook(hook) for module, hook in make_hooks()]
+        try:
+            with torch.no_grad():
+                ids = torch.tensor([head + span + tail + prefix + written])
+                logits = model.module(input_ids=ids).logits[0, -1].double()
+        finally:
+            for handle in handles:
+                handle.remove()
+        token = int(logits.argmax())
+        if token == eos:
+            break
+        written.append(token)
+    return model.tokenizer.decode(written, skip_special_tokens=True)

@@ -74,7 +74,8 @@ def run(
     asked=None,
     remote: bool | str = False,
 ):
-    """One traced forward: apply the ops, reduce the answer logits on the device.
+    """One traced forward: apply the ops, reduce the answer logits (and the decoded answer
+    ids, or None) on the device: `reduce(logits_clean, logits_corrupt, decoded)`.
 
     Only `reduce`'s result and the reads leave the trace, never the logits.
     """
@@ -100,8 +101,10 @@ def run(
                     value[op.rows, op.tokens] = op.values
                 else:  # one head's slice of the output projection's input
                     value[op.rows, op.tokens, op.features] = op.values
-        logits_clean, logits_corrupt = model.answer_logits(tracer.result, encoded)
-        out = nnsight.save((reduce(logits_clean, logits_corrupt), read))
+        result = tracer.result
+        logits_clean, logits_corrupt = model.answer_logits(result, encoded)
+        decoded = model.decoded_ids(result, encoded)
+        out = nnsight.save((reduce(logits_clean, logits_corrupt, decoded), read))
     return out
 
 

@@ -101,6 +101,37 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# read from each row's greedy decoded answer, not from teacher-forced logits: the text, and
+# whether it gives the clean answer (as CODI's evaluation compares) or the corrupted one
+DECODED = ("answer", "correct", "gives_corrupted")
+TEXT = "answer"  # the one metric that is text, not a number
+
+
+def scored(names: list[str]) -> list[str]:
+    """The metrics read from the answer logits."""
+    return [name for name in names if name in METRICS]
+
+
+def numeric(names: list[str]) -> list[str]:
+    """The metrics with a number per row (every one but the decoded text)."""
+    return [name for name in names if name != TEXT]
+
+
+def decodes(names: list[str]) -> bool:
+    return any(name in DECODED for name in names)
+
+
 def compute(names: list[str], scores: Scores, refs: References) -> torch.Tensor:
-    """The named metrics as one [B, len(names)] float tensor (one small transfer)."""
+    """The named logit metrics as one [B, len(names)] float tensor (one small transfer)."""
+    names = scored(names)
+    if not names:
+        return torch.empty(scores.logits.shape[0], 0, device=scores.logits.device)
     return torch.stack([METRICS[name](scores, refs).float() for name in names], dim=-1)
+
+
+def with_decoded(values: torch.Tensor, decoded: torch.Tensor | None) -> torch.Tensor:
+    """The logit metrics [B, S], then the decoded answer ids [B, tokens] when there are any
+    (float32 holds token ids exactly up to 2^24): the rows as a trace returns them."""
+    if decoded is None:
+        return values
+    return torch.cat([values, decoded.to(values.dtype)], dim=-1)

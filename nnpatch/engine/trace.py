@@ -19,6 +19,7 @@ import torch
 
 from nnpatch.engine import forward
 from nnpatch.engine import metrics as M
+from nnpatch.engine.answers import split as answers_split
 from nnpatch.engine.forward import CellKey, Op, shifted_order
 from nnpatch.engine.plan import PatchSpec
 from nnpatch.errors import PairsError
@@ -38,11 +39,14 @@ class Baselines:
     """Per-pair results of the unpatched runs, and the activations patches copy from."""
 
     references: M.References  # indexed by pair
-    clean_metrics: torch.Tensor  # [pairs, metrics] of the unpatched clean run
-    corrupt_metrics: torch.Tensor  # [pairs, metrics] of the unpatched corrupted run
+    clean_metrics: torch.Tensor  # [pairs, numeric metrics] of the unpatched clean run
+    corrupt_metrics: torch.Tensor  # [pairs, numeric metrics] of the unpatched corrupted run
     donor: dict[tuple[int | None, str], torch.Tensor]  # (layer, position) → [pairs, d]
     # with both runs read: (layer, position) → [2, pairs, d], clean run first
     runs: dict[tuple[int | None, str], torch.Tensor] | None = None
+    # each run's greedy decoded answer per pair, when the metrics decode
+    clean_texts: list[str] | None = None
+    corrupt_texts: list[str] | None = None
 
 
 Row = tuple[PatchSpec, int, int]  # (patch, receiver pair index, donor pair index)
@@ -58,13 +62,19 @@ class Engine:
         direction: str,
         metric_names: list[str],
         remote: bool | str = False,
+        decode_tokens: int = 0,
     ):
         self.model = model
-        self.traced = model.traced()
+        self.metric_names = metric_names
+        # answers decoded per row (at most this many tokens) when a metric reads them
+        self.decode_tokens = decode_tokens if M.decodes(metric_names) else 0
+        self.traced = model.traced(decodes=self.decode_tokens > 0)
         self.site = site
         self.direction = direction
-        self.metric_names = metric_names
         self.remote = remote
+
+    # every decoding step runs even once each row has ended (a knockout acts on all of them)
+    decode_every_step = False
 
     # ---- answers -------------------------------------------------------------------------
     def answers(self, pairs: list[Pair]) -> PairAnswers:
@@ -99,6 +109,8 @@ class Engine:
         encoded = self.model.encode(
             questions, [answers.clean[i] for i in index], [answers.corrupt[i] for i in index]
         )
+        if self.decode_tokens:
+            encoded.decode = self.model.decoding(self.decode_tokens, self.decode_every_step)
         diff = torch.tensor([answers.diff_index[i] for i in index], device=self.model.device)
         targets = M.AnswerTargets(
             encoded.clean_answer,
@@ -146,12 +158,29 @@ class Engine:
             scores["corrupt_lp_clean"],
             scores["corrupt_lp_corrupt"],
         )
+        own = list(range(len(pairs)))
+        clean_values, clean_texts = answers_split(
+            M.with_decoded(M.compute(self.metric_names, clean, refs), scores.get("clean_ids")),
+            self.metric_names,
+            self.model,
+            pairs,
+            own,
+        )
+        corrupt_values, corrupt_texts = answers_split(
+            M.with_decoded(M.compute(self.metric_names, corrupt, refs), scores.get("corrupt_ids")),
+            self.metric_names,
+            self.model,
+            pairs,
+            own,
+        )
         return Baselines(
             refs,
-            M.compute(self.metric_names, clean, refs),
-            M.compute(self.metric_names, corrupt, refs),
+            clean_values,
+            corrupt_values,
             donor,
             read if both_runs else None,
+            clean_texts,
+            corrupt_texts,
         )
 
     def _baseline_chunk(
@@ -173,9 +202,10 @@ class Engine:
             rows = list(range(n)) if self.direction == "denoise" else list(range(n, 2 * n))
         ops = self._ops(encoded, {key: (rows, None) for key in cells})
 
-        def split(logits_clean: torch.Tensor, logits_corrupt: torch.Tensor) -> dict:
+        def split(logits_clean: torch.Tensor, logits_corrupt: torch.Tensor, decoded) -> dict:
             s = M.score(logits_clean, logits_corrupt, targets)
-            return {
+            ids = {} if decoded is None else {"clean_ids": decoded[:n], "corrupt_ids": decoded[n:]}
+            return ids | {
                 "clean_logits": s.logits[:n],
                 "corrupt_logits": s.logits[n:],
                 "clean_ld": s.logit_diff[:n],
@@ -201,7 +231,8 @@ class Engine:
         progress: Callable[[int], None] = lambda n: None,
         written: Written | None = None,
     ) -> torch.Tensor:
-        """Metrics [len(rows), metrics] for (spec, pair, donor pair) rows, batch by batch.
+        """Raw rows [len(rows), logit metrics + answer tokens] for (spec, pair, donor pair)
+        rows, batch by batch (`answers.split` reads them).
 
         `written` gives what each row writes at each cell (default: the donor pair's run's
         activation: the pair itself for a real patch, another pair for the control).
@@ -281,8 +312,9 @@ class Engine:
         encoded, targets, refs = self.receivers(pairs, answers, baselines, index)
         names = self.metric_names
 
-        def metrics(logits_clean: torch.Tensor, logits_corrupt: torch.Tensor) -> torch.Tensor:
-            return M.compute(names, M.score(logits_clean, logits_corrupt, targets), refs)
+        def metrics(logits_clean: torch.Tensor, logits_corrupt: torch.Tensor, decoded):
+            values = M.compute(names, M.score(logits_clean, logits_corrupt, targets), refs)
+            return M.with_decoded(values, decoded)
 
         asked, ops = self._share_question(encoded, index, self._ops(encoded, writes, reads))
         return self._run(encoded, ops, metrics, asked)

@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from nnpatch.errors import ModelError
-from nnpatch.models.codi import CodiModel
+from nnpatch.models.codi import CodiModel, Decode
 from nnpatch.models.text import QUESTION_STYLES
 
 SITES = ("resid", "attn", "mlp", "head", "thought")
@@ -88,6 +88,7 @@ class Encoded:
     offsets: torch.Tensor  # [rows] added to a cell's token index (zeros: fixed positions)
     thought_counts: torch.Tensor | None = None  # [B] thoughts per row, where they differ
     thought_ids: torch.Tensor | None = None  # [B, K] written thoughts (verbalized)
+    decode: Decode | None = None  # also decode each row's answer (set by the engine)
 
     def args(self) -> tuple[torch.Tensor, ...]:
         return (
@@ -139,6 +140,25 @@ class PlacedModule:
         return fixed + answer_tokens
 
     loop_positions = 0  # positions between the question and the answer prefix
+
+    # the text after the last of these in a decoded answer is what the family's evaluation
+    # reads (Coconut: "#", CoLaR: "Answer:"); None: all of it (CODI: its last number)
+    answer_marker: str | None = None
+    prompt_in_input = False  # the answer prefix is read as input before decoding (PCCoT)
+
+    def read_answer(self, decoded: str) -> str:
+        """The part of a decoded answer the family's own evaluation reads."""
+        if self.answer_marker and self.answer_marker in decoded:
+            return decoded.rsplit(self.answer_marker, 1)[1]
+        return decoded
+
+    def decoding(self, tokens: int, every_step: bool = False) -> Decode:
+        """Greedy decoding of `tokens` answer tokens at most, as the family decodes."""
+        return Decode(tokens, self.eos_id, self.prompt_in_input, every_step)
+
+    def answer_text(self, ids: list[int]) -> str:
+        """Decoded answer ids (-1: after its end) as text."""
+        return self.tokenizer.decode([t for t in ids if t >= 0], skip_special_tokens=True)
 
     @property
     def lm(self) -> torch.nn.Module:
@@ -203,10 +223,6 @@ class ThoughtModel(PlacedModule):
         self.direct = direct
         if direct:
             module.num_thoughts = 0
-
-    # whether the family's evaluation feeds the answer prefix as input after eot (PCCoT's
-    # "The answer is:") rather than letting the model write it (CODI, Coconut)
-    prompt_in_input = False
 
     @property
     def num_layers(self) -> int:
@@ -281,16 +297,6 @@ class ThoughtModel(PlacedModule):
         )
         return [self.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
-    # the text after the last of these in a decoded answer is what the family's evaluation
-    # reads (Coconut: "#", CoLaR: "Answer:"); None: all of it (CODI: its last number)
-    answer_marker: str | None = None
-
-    def read_answer(self, decoded: str) -> str:
-        """The part of a decoded answer the family's own evaluation reads."""
-        if self.answer_marker and self.answer_marker in decoded:
-            return decoded.rsplit(self.answer_marker, 1)[1]
-        return decoded
-
     def question_text(self, question: str) -> str:
         """The text the tokenizer sees, prepared exactly as the model's authors prepare it."""
         return QUESTION_STYLES[self.question_style](question)
@@ -331,18 +337,28 @@ class ThoughtModel(PlacedModule):
         `ran` thoughts."""
         return call - ran - (0 if path == "prj" else 1)
 
-    def traced(self):
-        """The nnsight wrapper the engine traces: the recurrent module itself."""
+    def traced(self, decodes: bool = False):
+        """The nnsight wrapper the engine traces: the recurrent module itself (which decodes
+        answers when asked, `decodes` or not)."""
         from nnsight import NNsight
 
         return NNsight(self.module)
 
     def trace_inputs(self, encoded: Encoded) -> tuple[tuple, dict]:
-        return encoded.args(), {}
+        return encoded.args(), decode_input(encoded)
 
     def answer_logits(self, result, encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         """The module already returns (clean, corrupted) teacher-forced answer logits."""
         return result[0], result[1]
+
+    def decoded_ids(self, result, encoded: Encoded) -> torch.Tensor | None:
+        """Each row's greedy answer ids [B, tokens] when the forward decoded them."""
+        return result[2] if encoded.decode is not None else None
+
+
+def decode_input(encoded: Encoded) -> dict:
+    """The forward's keyword asking it to decode, when the engine asked for answers."""
+    return {} if encoded.decode is None else {"decode": encoded.decode}
 
 
 def pad_rows(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

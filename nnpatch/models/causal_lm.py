@@ -28,6 +28,7 @@ from nnpatch.models.base import (
     PlacedModule,
     pad_rows,
 )
+from nnpatch.models.decoding import DecodingLM
 
 MARKERS = ("[[", "]]")
 
@@ -207,22 +208,39 @@ class CausalLM(PlacedModule):
         return Encoded(*(t.to(self.device) for t in tensors))
 
     # ---- how the engine traces this model ----------------------------------------------------
-    def traced(self):
+    def traced(self, decodes: bool = False):
+        """nnsight's wrapper of the LM; with `decodes`, of the LM that also decodes answers."""
+        from nnsight import NNsight
         from nnsight.modeling.transformers import TransformersModel
 
         if self.remote_traced is not None:
+            if decodes:
+                raise ModelError(
+                    f"{self.name}: decoded answers on NDIF are not supported yet for plain LMs; "
+                    "run the recipe locally, or use metrics without answer/correct"
+                )
             return self.remote_traced
+        if decodes:
+            return NNsight(DecodingLM(self.module))
         return TransformersModel(self.module, tokenizer=self.tokenizer)
 
     def trace_inputs(self, encoded: Encoded) -> tuple[tuple, dict]:
         mask = encoded.attention_mask
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         inputs = {"input_ids": encoded.input_ids, "attention_mask": mask, "position_ids": positions}
-        return (inputs,), {"logits_to_keep": _answer_width(encoded) + 1}
+        keep = _answer_width(encoded) + 1
+        if encoded.decode is None:
+            return (inputs,), {"logits_to_keep": keep}
+        width = _answer_width(encoded)
+        return (), {"inputs": inputs, "logits_to_keep": keep, "answer_width": width,
+                    "decode": encoded.decode}
+
+    def decoded_ids(self, result, encoded: Encoded) -> torch.Tensor | None:
+        return result[1] if encoded.decode is not None else None
 
     def answer_logits(self, result, encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept logit j predicts answer token j: the answers start at the same column."""
-        logits = result.logits  # [2B, A + 1, V]
+        logits = result[0] if encoded.decode is not None else result.logits  # [2B, A + 1, V]
         batch = logits.shape[0] // 2
         return (
             logits[:batch, : encoded.clean_answer.shape[1]],

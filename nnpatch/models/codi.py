@@ -170,7 +170,10 @@ class CodiModel(nn.Module):
         asked: Asked | None = None,  # the question pass (+ thoughts), run before the trace
         thought_counts: torch.Tensor | None = None,  # [B] per-row thoughts (CoLaR)
         thought_ids: torch.Tensor | None = None,  # [B, K] written thoughts (verbalized)
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        decode: Decode | None = None,  # also decode each row's answer greedily
+    ) -> tuple[torch.Tensor, ...]:
+        """Both answers' teacher-forced logits; with `decode`, also each row's greedy answer
+        ids [B, decode.tokens] (-1 after its eos), continuing from the same (patched) eot."""
         state = self.think(
             input_ids, attention_mask, asked, thought_counts=thought_counts, thought_ids=thought_ids
         )
@@ -184,6 +187,9 @@ class CodiModel(nn.Module):
         hidden = self._decode(cache, tail_mask, tail_positions, ids=tail)
         first = prefix.shape[1]  # tail index of the last prefix token
         logits_clean = self._logits(hidden[:, first : first + clean_answer.shape[1]])
+        # the model writes its answer after eot (CODI), or after a prompt it reads (PCCoT)
+        kept = 1 + (first if decode is not None and decode.after_prefix else 0)
+        start = cache.get_seq_length() - tail.shape[1] + kept
 
         truncate_cache(cache, length_before_answer)
         corrupt_mask = torch.cat(
@@ -202,7 +208,17 @@ class CodiModel(nn.Module):
             ],
             dim=1,
         )
-        return logits_clean, logits_corrupt
+        if decode is None:
+            return logits_clean, logits_corrupt
+        truncate_cache(cache, start)
+        decoded = self._greedy(
+            cache,
+            tail_mask[:, :start],
+            tail_positions[:, kept - 1 : kept],
+            self._logits(hidden[:, kept - 1]),
+            decode,
+        )
+        return logits_clean, logits_corrupt, decoded
 
     @torch.no_grad()
     def generate(
@@ -224,28 +240,64 @@ class CodiModel(nn.Module):
             input_ids, attention_mask, thought_counts=thought_counts, thought_ids=thought_ids
         )
         batch = input_ids.shape[0]
-        mask, position = state.mask, state.next_position
         token = torch.tensor([[self.eot_id, *prompt_ids]], device=input_ids.device)
         token = token.expand(batch, -1)
-        outputs: list[list[int]] = [[] for _ in range(batch)]
-        done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-        markers = torch.tensor(self.marker_ids, device=input_ids.device)
-        for _ in range(max_new):
-            mask = torch.cat([mask, mask.new_ones(batch, token.shape[1])], dim=1)
-            steps = position + torch.arange(token.shape[1], device=position.device)
-            hidden = self._decode(state.cache, mask, steps, ids=token)
-            position = steps[:, -1:]
-            logits = self._logits(hidden[:, -1]).float()
-            logits[:, markers] = float("-inf")
-            token = logits.argmax(-1, keepdim=True)
-            for row in range(batch):
-                if not done[row]:
-                    outputs[row].append(int(token[row]))
-            done |= token[:, 0] == eos_id
-            if done.all():
-                break
-            position = position + 1
-        return [[t for t in row if t != eos_id] for row in outputs]
+        mask = torch.cat([state.mask, state.mask.new_ones(batch, token.shape[1])], dim=1)
+        steps = state.next_position + torch.arange(token.shape[1], device=token.device)
+        hidden = self._decode(state.cache, mask, steps, ids=token)
+        ids = self._greedy(
+            state.cache, mask, steps[:, -1:], self._logits(hidden[:, -1]), Decode(max_new, eos_id)
+        )
+        return [[t for t in row if t >= 0] for row in ids.tolist()]
+
+    def _greedy(
+        self,
+        cache: DynamicCache,
+        mask: torch.Tensor,  # [B, keys so far]
+        position: torch.Tensor,  # [B, 1] of the last token read
+        logits: torch.Tensor,  # [B, V] after it
+        decode: Decode,
+    ) -> torch.Tensor:
+        """Greedy answer ids from `logits` on, each token fed back through the cache."""
+
+        def step(token: torch.Tensor, mask: torch.Tensor, position: torch.Tensor):
+            hidden = self._decode(cache, mask, position, ids=token)
+            return self._logits(hidden[:, -1])
+
+        return greedy_tokens(step, logits, mask, position, decode, self.marker_ids)
+
+
+def greedy_tokens(step, logits, mask, position, decode: Decode, markers=()) -> torch.Tensor:
+    """Greedy tokens [B, decode.tokens] from `logits` [B, V] on: `step(token [B, 1], mask,
+    position)` feeds one token and returns the next logits. -1 from a row's eos on (eos
+    itself is not kept); `markers` are never chosen. Stops once every row has written eos,
+    unless `decode.every_step` (a trace that acts on each decoding call needs them all)."""
+    batch = logits.shape[0]
+    markers = torch.tensor(markers, dtype=torch.long, device=logits.device)
+    out = torch.full((batch, decode.tokens), -1, dtype=torch.long, device=logits.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=logits.device)
+    for index in range(decode.tokens):
+        logits = logits.float()
+        logits[:, markers] = float("-inf")
+        token = logits.argmax(-1)
+        done = done | (token == decode.eos_id)
+        out[:, index] = torch.where(done, -1, token)
+        if index + 1 == decode.tokens or (done.all() and not decode.every_step):
+            break
+        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+        position = position + 1
+        logits = step(token[:, None], mask, position)
+    return out
+
+
+@dataclass(frozen=True)
+class Decode:
+    """What greedy decoding after the answer's start is asked for."""
+
+    tokens: int  # the most tokens written per row (eos included)
+    eos_id: int
+    after_prefix: bool = False  # start after the answer prefix (families that read it)
+    every_step: bool = False  # run all `tokens` steps even once every row has ended
 
 
 @dataclass

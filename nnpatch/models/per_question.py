@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from nnpatch.errors import ModelError
-from nnpatch.models.base import Encoded, ModelShape, ThoughtModel, pad_rows
+from nnpatch.models.base import Encoded, ModelShape, ThoughtModel, decode_input, pad_rows
 
 
 class PerQuestionThoughts(ThoughtModel):
@@ -94,7 +94,7 @@ class PerQuestionThoughts(ThoughtModel):
         return encoded
 
     def trace_inputs(self, encoded: Encoded) -> tuple[tuple, dict]:
-        kwargs = {"thought_counts": encoded.thought_counts}
+        kwargs = {"thought_counts": encoded.thought_counts, **decode_input(encoded)}
         if encoded.thought_ids is not None:
             kwargs["thought_ids"] = encoded.thought_ids
         return encoded.args(), kwargs

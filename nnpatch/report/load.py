@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
+from nnpatch.engine.metrics import numeric
 from nnpatch.errors import RunFolderError
 from nnpatch.report.summary import lead_metric
 from nnpatch.run.manifest import not_finished, read_manifest, require
@@ -36,7 +37,7 @@ class Run:
 
     @property
     def metrics(self) -> list[str]:
-        return self.resolved["metrics"]["names"]
+        return numeric(self.resolved["metrics"]["names"])  # the decoded text is no metric
 
     @property
     def lead_metric(self) -> str:

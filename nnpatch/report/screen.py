@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from nnpatch.report.summary import accuracy
+
 
 def render_summary(prep, finished) -> str:
     recipe, base = prep.recipe, finished.baselines
-    names = recipe.metrics.names
+    names = recipe.metrics.numeric
     lines = [
         f"run folder: {finished.path}",
         f"model {prep.model.name} | pairs {len(prep.pairs)} | rows {finished.results.height} | "
@@ -22,10 +24,23 @@ def render_summary(prep, finished) -> str:
         f"  clean top-1 correct {base['clean_top1_is_clean_answer'].mean():.0%}   "
         f"corrupted top-1 correct {base['corrupted_top1_is_corrupted_answer'].mean():.0%}"
     )
+    lines += accuracy_lines(base)
     lines += prep.mode.screen_lines(finished.summary, recipe)
     lines += [f"note: {note}" for note in prep.notes]
     lines += [f"note: {note}" for note in finished.report.get("charts_not_drawn", [])]
     return "\n".join(lines)
+
+
+def accuracy_lines(base) -> list[str]:
+    """The unpatched runs' decoded-answer accuracy, when the run decodes answers: each run
+    giving its own question's answer, with Wilson 95% intervals."""
+    if "clean_correct" not in base.columns or "corrupted_gives_corrupted" not in base.columns:
+        return []
+    parts = []
+    for run, column in (("clean", "clean_correct"), ("corrupted", "corrupted_gives_corrupted")):
+        mean, low, high, n = accuracy(base[column])
+        parts.append(f"{run} {mean:.0%} [{low:.0%}, {high:.0%}]")
+    return [f"  decoded accuracy (own answer, n={n}): " + "   ".join(parts)]
 
 
 STAGES = {  # timing key: the stage's name on screen, in the order a run passes them

@@ -80,6 +80,18 @@ EMPTY = dict.fromkeys(
 )
 
 
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def wilson_ci(successes: float, n: int) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion: keeps its coverage near 95% where the
+    percentile bootstrap of a 0/1 mean collapses (every pair right gives [1, 1])."""
+    p, z2 = successes / n, Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def excludes_zero(low: float | None, high: float | None) -> bool | None:
     """Whether a CI excludes zero; None when there is no interval or it has no width (every
     resample gave one value: the data cannot tell a difference from a constant)."""
@@ -88,9 +100,13 @@ def excludes_zero(low: float | None, high: float | None) -> bool | None:
     return bool(low > 0 or high < 0)
 
 
-def cell_stats(values: np.ndarray, control: np.ndarray | None, seed: int, key: str) -> dict:
+def cell_stats(
+    values: np.ndarray, control: np.ndarray | None, seed: int, key: str, binary: bool = False
+) -> dict:
     """mean, sem, CI; with control rows (same pairs, same order): their CI, the paired
     difference's CI, and whether that excludes zero (the cell differs from the noise floor).
+    `binary`: the values are 0/1 (answer accuracy): the mean's and the control's CIs are
+    Wilson intervals; the paired difference stays a bootstrap.
 
     Pairs whose value (or control value) is not finite, e.g. recovery where the clean and
     corrupted logit differences coincide, are left out and counted in `nonfinite_pairs`.
@@ -105,7 +121,12 @@ def cell_stats(values: np.ndarray, control: np.ndarray | None, seed: int, key: s
         return {**EMPTY, "n": 0, "nonfinite_pairs": dropped}
     if n < MIN_PAIRS:
         return {**EMPTY, "n": n, "mean": float(values.mean()), "nonfinite_pairs": dropped}
-    low, high = bootstrap_ci(values, generator(seed, key))
+    interval = (
+        (lambda v, _key: wilson_ci(float(v.sum()), len(v)))
+        if binary
+        else (lambda v, k: bootstrap_ci(v, generator(seed, k)))
+    )
+    low, high = interval(values, key)
     out = {
         "n": n,
         "mean": float(values.mean()),
@@ -122,7 +143,7 @@ def cell_stats(values: np.ndarray, control: np.ndarray | None, seed: int, key: s
         "nonfinite_pairs": dropped,
     }
     if control is not None:
-        c_low, c_high = bootstrap_ci(control, generator(seed, key + "|control"))
+        c_low, c_high = interval(control, key + "|control")
         means = bootstrap_means(values - control, generator(seed, key + "|diff"))
         d_low, d_high = percentile_ci(means)
         differs = excludes_zero(d_low, d_high)

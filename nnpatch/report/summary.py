@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from nnpatch.report.stats import bh_q_values, cell_stats
+from nnpatch.engine.metrics import DECODED
+from nnpatch.report.stats import bh_q_values, cell_stats, wilson_ci
 
 CELL_KEYS = [
     "mode",
@@ -80,13 +81,54 @@ def summarize(
             values = group[name].to_numpy().astype(float)
             paired = match[name].to_numpy().astype(float) if match.height == group.height else None
             cell = {k: first[k] for k in CELL_KEYS}
-            rows.append({**cell, "metric": name, **cell_stats(values, paired, seed, key)})
+            binary = name in DECODED  # correct, gives_corrupted: 0/1 per pair
+            stats = cell_stats(values, paired, seed, key, binary)
+            rows.append({**cell, "metric": name, **stats})
     for name in names:
         family = [row for row in rows if row["metric"] == name]
         for row, q in zip(family, bh_q_values([r["p_value"] for r in family]), strict=True):
             row["q_value"] = q
             row["differs_from_control_fdr"] = None if q is None else q <= fdr
     return pl.DataFrame(rows, schema_overrides=TYPES, infer_schema_length=None)
+
+
+def with_unpatched(
+    summary: pl.DataFrame, baselines: pl.DataFrame, names: list[str]
+) -> pl.DataFrame:
+    """Each metric's value in the unpatched runs beside every cell (mean over pairs): for
+    `correct`, the clean run's accuracy and how often the corrupted run gives the clean
+    answer; for `gives_corrupted`, the reverse. Summaries of other values are left as
+    they are."""
+    if "metric" not in summary.columns or not set(summary["metric"]) <= set(names):
+        return summary
+    rows = [
+        {
+            "metric": name,
+            "clean_run_mean": _mean(baselines, f"clean_{name}"),
+            "corrupted_run_mean": _mean(baselines, f"corrupted_{name}"),
+        }
+        for name in summary["metric"].unique(maintain_order=True)
+    ]
+    schema = {"metric": pl.String, "clean_run_mean": pl.Float64, "corrupted_run_mean": pl.Float64}
+    table = pl.DataFrame(rows, schema=schema)
+    return summary.join(table, on="metric", how="left", maintain_order="left")
+
+
+def _mean(baselines: pl.DataFrame, column: str) -> float | None:
+    if column not in baselines.columns:
+        return None
+    values = baselines[column].drop_nans().drop_nulls()
+    return float(values.mean()) if len(values) else None
+
+
+def accuracy(column: pl.Series) -> tuple[float, float, float, int]:
+    """A 0/1 column's mean with its Wilson 95% interval and n."""
+    values = column.drop_nans().drop_nulls()
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    low, high = wilson_ci(float(values.sum()), n)
+    return float(values.mean()), low, high, n
 
 
 def with_facets(results: pl.DataFrame) -> pl.DataFrame:

@@ -21,10 +21,12 @@ import polars as pl
 import torch
 
 import nnpatch
+from nnpatch.engine.answers import JUDGED, judged
 from nnpatch.engine.modes import Sweep
 from nnpatch.errors import BaselineError, FolderError, Terminated
 from nnpatch.pairs import Pair
 from nnpatch.report.page import render as render_report
+from nnpatch.report.summary import with_unpatched
 from nnpatch.run import batching, folder
 from nnpatch.run.fingerprint import fingerprint
 from nnpatch.run.prepare import Prepared
@@ -63,7 +65,7 @@ def execute(
     else:
         path, manifest = resume
         check_unchanged(path, manifest["fingerprint"], prints)
-        ShardStore(path).load_all(len(recipe.metrics.names))  # damaged shards: refuse now
+        ShardStore(path).load_all(recipe.metrics.shard_width)  # damaged shards: refuse now
         manifest = {**manifest, "resumed": manifest.get("resumed", 0) + 1}
         for stale in ("error", "ended", "report"):
             manifest.pop(stale, None)
@@ -219,7 +221,7 @@ def _sweep(prep: Prepared, path: Path, progress, manifest: dict) -> Finished:
     """The baselines, the batch size, the mode's rows, the tables and the statistics, each
     timed."""
     recipe, engine, pairs = prep.recipe, prep.engine, prep.pairs
-    names = recipe.metrics.names
+    names = recipe.metrics.numeric
     clock = time.perf_counter()
     cells = prep.mode.cells(prep.plan)
     size = recipe.run.batch_size
@@ -269,7 +271,7 @@ def _sweep(prep: Prepared, path: Path, progress, manifest: dict) -> Finished:
         folder.write_tensors(path / f"{name}.safetensors", tensors)
     tables_s = time.perf_counter() - clock
     clock = time.perf_counter()
-    summary = prep.mode.summarize(results, recipe)
+    summary = with_unpatched(prep.mode.summarize(results, recipe), baselines, names)
     folder.write_table(path / "summary.parquet", summary)
     folder.write_table(path / "summary.csv", summary)
     timings = {
@@ -325,7 +327,27 @@ def _answer_columns(prep: Prepared, base) -> dict[str, list]:
             refs.corrupt_logits.argmax(-1).cpu() == torch.tensor(corrupt_tok)
         ).tolist(),
         **spans,
+        **_decoded_columns(prep, base),
     }
+
+
+def _decoded_columns(prep: Prepared, base) -> dict[str, list]:
+    """Each unpatched run's decoded answer, when the metrics decode, and whether it gives the
+    clean and the corrupted answer (both always: each run's own accuracy is one of them)."""
+    if base.clean_texts is None:
+        return {}
+    own = list(range(len(prep.pairs)))
+    columns: dict[str, list] = {
+        "clean_decoded": base.clean_texts,
+        "corrupted_decoded": base.corrupt_texts,
+    }
+    for name in JUDGED:
+        if name in prep.recipe.metrics.names:
+            continue  # a metric column of its own
+        for run, texts in (("clean", base.clean_texts), ("corrupted", base.corrupt_texts)):
+            hits = judged(name, texts, prep.model, prep.pairs, own)
+            columns[f"{run}_{name}"] = [float(hit) for hit in hits]
+    return columns
 
 
 def resolved(prep: Prepared) -> dict:

@@ -84,6 +84,7 @@ def prepare(
             direction,
             recipe.metrics.names,
             remote=recipe.run.remote,
+            decode_tokens=recipe.metrics.decode_tokens,
         )
         answers = engine.answers(pairs)
         check_context(model, pairs, answers)

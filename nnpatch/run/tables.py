@@ -32,6 +32,7 @@ def results_table(
     single: bool,
     estimate: bool = False,
     tokens: list[dict[str, tuple[int, str]]] | None = None,
+    texts: list[str] | None = None,
 ) -> pl.DataFrame:
     """One row per (pair, patch): how it was made (mode, site, direction, source, scale), the
     cell (layer, position(s), head), the patched tokens, the donor, one column per metric,
@@ -42,7 +43,8 @@ def results_table(
     `control` rows patch the same cells from another pair's run (the noise floor).
     `tokens` gives, per pair, each position's absolute index in the receiver's sequence and
     its token's text: `token_indices` and `tokens` per row, aligned with `positions`, and
-    `token_index` / `token` for one-position rows.
+    `token_index` / `token` for one-position rows. `texts`: each row's decoded answer, the
+    `answer` column (after the metrics) when the run decodes answers.
     """
     where = [
         [tokens[p][label] if tokens else (None, None) for label in spec.positions]
@@ -86,6 +88,8 @@ def results_table(
     }
     frame = pl.DataFrame(columns, schema=schema)
     metrics = pl.DataFrame(values.double().numpy(), schema=names, orient="row")
+    if texts is not None:
+        metrics = metrics.with_columns(pl.Series("answer", texts, dtype=pl.String))
     # flagged rather than dropped: recovery is NaN by definition when a pair's gap vanishes
     flags = pl.DataFrame(
         {

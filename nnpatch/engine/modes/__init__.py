@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import get_args
 
+from nnpatch.engine.metrics import DECODED
+from nnpatch.engine.modes.attention import Attention
 from nnpatch.engine.modes.attribution import Attribution
 from nnpatch.engine.modes.base import Computed, Mode, Sweep
 from nnpatch.engine.modes.knockout import Knockout
@@ -22,6 +24,7 @@ FAMILIES: tuple[Mode, ...] = (
     Knockout(),
     Attribution(),
     Lens(),
+    Attention(),
     Record(),
 )
 
@@ -49,6 +52,15 @@ def build_plan(recipe, shape, source="<recipe>"):
             "patch.mode",
             f"{name} does not apply to {shape.name}: {refused[mode_for(name)]}",
             f"use one of {', '.join(usable)}",
+        )
+    why = mode_for(name).decode_refusal
+    decoded = [metric for metric in recipe.metrics.names if metric in DECODED]
+    if why is not None and decoded:
+        raise RecipeError(
+            source,
+            "metrics.names",
+            f"{name} cannot measure {', '.join(decoded)}: {why}",
+            "drop them, or run a patching mode (single, layer, sets, ...) for decoded answers",
         )
     return mode_for(name).plan(recipe.patch, shape, source)
 

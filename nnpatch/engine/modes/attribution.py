@@ -50,6 +50,7 @@ class AttributionPatch(PatchCommon):
 
 
 class Attribution(Mode):
+    decode_refusal = "its rows are gradient estimates of the answer logits, and text has none"
     sections = (AttributionPatch,)
     remote_refusal = "attribution takes its gradients with local hooks, not through NDIF"
     sized_by_memory = False
@@ -137,7 +138,7 @@ class Attribution(Mode):
         for site, estimated, inside, estimate_rows, exact_rows in work:
             tick(len(estimate_rows))
             shards = None if len(patch.sites) == 1 else site
-            values, count = sweep.patched(exact_rows, tick, None, groups[site], shards)
+            values, _, count = sweep.patched(exact_rows, tick, None, groups[site], shards)
             computed += count
             frames += [
                 results_table(

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, ClassVar
 import polars as pl
 import torch
 
+from nnpatch.engine.answers import split
 from nnpatch.engine.plan import PatchSpec
 from nnpatch.engine.trace import Baselines, Engine, PairAnswers, Row, Written
 from nnpatch.pairs import Pair
@@ -67,7 +68,12 @@ class Sweep:
             return self.engine, self.baselines
         if (site, direction) not in self.groups:
             engine = Engine(
-                self.model, site, direction, self.engine.metric_names, self.engine.remote
+                self.model,
+                site,
+                direction,
+                self.engine.metric_names,
+                self.engine.remote,
+                self.engine.decode_tokens,
             )
             chunk = self.baseline_chunk or max(1, self.recipe.run.batch_size // 2)
             base = engine.baselines(self.pairs, self.answers, cells, chunk, both_runs)
@@ -81,14 +87,15 @@ class Sweep:
         written: Written | None = None,
         group: tuple[Engine, Baselines] | None = None,
         shards: str | None = None,
-    ) -> tuple[torch.Tensor, int]:
-        """Metrics [rows, metrics] for (spec, receiver, donor) rows: batch by batch through
-        the engine (of `group`, else the run's own), each batch saved as a shard (in the
-        `shards` group's folder); batches already saved are read back. Returns the values
-        and how many rows were computed."""
+    ) -> tuple[torch.Tensor, list[str] | None, int]:
+        """Metrics [rows, numeric metrics] for (spec, receiver, donor) rows: batch by batch
+        through the engine (of `group`, else the run's own), each batch saved as a shard (in
+        the `shards` group's folder); batches already saved are read back. Returns the
+        values, each row's decoded answer (None when no metric decodes) and how many rows
+        were computed."""
         engine, baselines = group or (self.engine, self.baselines)
         store = self.store.group(shards)
-        size, width = self.recipe.run.batch_size, len(self.recipe.metrics.names)
+        size, width = self.recipe.run.batch_size, self.recipe.metrics.shard_width
         saved = store.load(width)
         batches = {first: len(rows[first : first + size]) for first in range(0, len(rows), size)}
         store.check_batches(saved, batches)
@@ -103,7 +110,10 @@ class Sweep:
             store.write(first, values.numpy())
             parts.append(values)
             computed += len(batch)
-        return torch.cat(parts), computed
+        receivers = [receiver for _, receiver, _ in rows]
+        names = self.recipe.metrics.names
+        values, texts = split(torch.cat(parts), names, self.model, self.pairs, receivers)
+        return values, texts, computed
 
     def inside_spans(self, rows: list[Row]) -> list[bool]:
         """For each row, whether every position lies inside the receiver's and the donor's
@@ -154,6 +164,9 @@ class Mode:
     # what its rows are, for `nnpatch compare`: None where they are effects of interventions
     # on cells (compare differences them, mode against mode), else why compare cannot
     compare_refusal: ClassVar[str | None] = None
+    # why its rows cannot carry decoded answers (metrics answer, correct, gives_corrupted),
+    # or None when they can
+    decode_refusal: ClassVar[str | None] = None
 
     def plan(self, patch, shape: ModelShape, source: str | Path) -> list[PatchSpec]:
         raise NotImplementedError
@@ -207,7 +220,7 @@ class Mode:
 
     def summarize(self, results: pl.DataFrame, recipe: Recipe) -> pl.DataFrame:
         """Per cell and metric: mean, sem, bootstrap CI over pairs, and the control."""
-        return summarize(results, recipe.metrics.names, recipe.run.seed, recipe.stats.fdr)
+        return summarize(results, recipe.metrics.numeric, recipe.run.seed, recipe.stats.fdr)
 
     def key_table(self, summary: pl.DataFrame, metrics: list[str]) -> Table:
         """The table the report leads with."""
@@ -218,7 +231,7 @@ class Mode:
         patch = recipe.patch
         parts = [patch.mode, patch.site, getattr(patch, "direction", None)]
         title = ", ".join("+".join(p) if isinstance(p, list) else p for p in parts if p)
-        return top_cells_lines(summary, lead_metric(recipe.metrics.names), title)
+        return top_cells_lines(summary, lead_metric(recipe.metrics.numeric), title)
 
     def charts(self, run) -> dict[str, Callable[[], object]]:
         """Chart makers by file stem (each builds one altair chart, and may raise

@@ -108,12 +108,12 @@ class Knockout(Mode):
         rows = [(spec, i, i) for spec in sweep.plan for i in range(len(sweep.pairs))]
         rows = by_first_position(rows, sweep.model.position_labels())
         engine = KnockoutEngine(sweep.engine)
-        values, computed = sweep.patched(
+        values, texts, computed = sweep.patched(
             rows, sweep.progress(len(rows)), None, (engine, sweep.baselines)
         )
         facets = Facets("knockout", "attn", patch.run)
-        names = sweep.recipe.metrics.names
-        results = results_table(rows, sweep.pairs, values, names, facets, True)
+        names = sweep.recipe.metrics.numeric
+        results = results_table(rows, sweep.pairs, values, names, facets, True, texts=texts)
         window = pl.Series("layers", [_window_label(s.window) for s, _, _ in rows], dtype=pl.String)
         results = results.insert_column(results.columns.index("layer") + 1, window)
         queries = pl.Series("queries", [",".join(s.queries) for s, _, _ in rows], dtype=pl.String)
@@ -125,7 +125,7 @@ class Knockout(Mode):
         lead = (
             "kl_to_clean"
             if "kl_to_clean" in recipe.metrics.names
-            else lead_metric(recipe.metrics.names)
+            else lead_metric(recipe.metrics.numeric)
         )
         where = "answer" if patch.queries == "answer" else f"thoughts {patch.queries}"
         return top_cells_lines(summary, lead, f"knockout of the {patch.run} run, from {where}")
@@ -210,6 +210,8 @@ class KnockoutEngine(Engine):
 
     def __init__(self, engine: Engine) -> None:
         self.__dict__.update(engine.__dict__)
+        # decoded answers are answer queries too: every decoding call must happen to be cut
+        self.decode_every_step = True
 
     def _patch_batch(self, pairs, answers, baselines, batch, written) -> torch.Tensor:
         index = [r for _, r, _ in batch]
@@ -241,18 +243,20 @@ class KnockoutEngine(Engine):
             )
         names = self.metric_names
 
-        def metrics(logits_clean, logits_corrupt):
-            return M.compute(names, M.score(logits_clean, logits_corrupt, targets), refs)
+        def metrics(logits_clean, logits_corrupt, decoded):
+            values = M.compute(names, M.score(logits_clean, logits_corrupt, targets), refs)
+            return M.with_decoded(values, decoded)
 
         asked, ops = self._share_question(encoded, index, by_call)
         return self._run(encoded, ops, metrics, asked)[0]
 
     def query_calls(self, queries: tuple[str, ...]) -> list[int]:
         """The decoder calls whose queries these are: thought t is call t + 1; the answer is
-        calls K + 1 (eot, prefix, clean answer) and K + 2 (the corrupted answer)."""
+        calls K + 1 (eot, prefix, clean answer), K + 2 (the corrupted answer) and, when
+        answers are decoded, K + 2 + j feeding decoded token j (j = 1..tokens - 1)."""
         K = self.model.num_thoughts
         if queries == ("answer",):
-            return [K + 1, K + 2]
+            return list(range(K + 1, K + 2 + max(self.decode_tokens, 1)))
         return [int(q) + 1 for q in queries]
 
     def key_length(self, call: int, encoded) -> int:
@@ -263,4 +267,7 @@ class KnockoutEngine(Engine):
             return T + call
         if call == K + 1:
             return T + K + 1 + prefix + encoded.clean_answer.shape[1]
-        return T + K + 1 + prefix + encoded.corrupt_answer.shape[1]
+        if call == K + 2:
+            return T + K + 1 + prefix + encoded.corrupt_answer.shape[1]
+        kept = prefix if encoded.decode.after_prefix else 0  # the prompt read before it
+        return T + K + 1 + kept + (call - K - 2)  # decoding: one token a call after eot

@@ -48,6 +48,7 @@ class Lens(Mode):
     reads_both_runs = True
     sized_by_memory = False
     compare_refusal = "its rows are readouts of the unpatched runs, not effects of a patch"
+    decode_refusal = "it reads the unpatched runs' cells through the head, not their answers"
 
     def plan(self, patch, shape, source) -> list[PatchSpec]:
         check_site(patch, shape, source)
@@ -121,7 +122,7 @@ class Lens(Mode):
         )
 
     def screen_lines(self, summary: pl.DataFrame, recipe) -> list[str]:
-        table = self.key_table(summary, recipe.metrics.names)
+        table = self.key_table(summary, recipe.metrics.numeric)
         lines = ["which cell holds which value (lens, both runs):"]
         for value, cell, mean, ci, top1, rank, n in table.rows:
             lines.append(

@@ -131,11 +131,13 @@ class Mediation(Mode):
         rows = by_first_position(rows, sweep.model.position_labels())
         engine = MediationEngine(sweep.engine)
         tick = sweep.progress(len(rows))
-        values, computed = sweep.patched(rows, tick, None, (engine, sweep.baselines))
-        names = sweep.recipe.metrics.names
+        values, texts, computed = sweep.patched(rows, tick, None, (engine, sweep.baselines))
+        names = sweep.recipe.metrics.numeric
         facets = Facets("mediation", patch.site, patch.direction)
         tokens = sweep.receiver_tokens()
-        results = results_table(rows, sweep.pairs, values, names, facets, True, tokens=tokens)
+        results = results_table(
+            rows, sweep.pairs, values, names, facets, True, tokens=tokens, texts=texts
+        )
         effect = pl.Series("effect", [spec.effect for spec, _, _ in rows], dtype=pl.String)
         results = results.insert_column(results.columns.index("head") + 1, effect)
         base = sweep.baselines

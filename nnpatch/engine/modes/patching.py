@@ -215,7 +215,7 @@ class Patching(Mode):
             )
             shards = None if len(combos) == 1 else f"{site}-{direction}-{source}"
             written = _written(sweep, group[1], direction, source, patch.scale)
-            values, count = sweep.patched(rows, tick, written, group, shards)
+            values, texts, count = sweep.patched(rows, tick, written, group, shards)
             computed += count
             facets = Facets(
                 patch.mode, site, direction, source, patch.scale if source == "steer" else None
@@ -225,10 +225,11 @@ class Patching(Mode):
                     rows,
                     sweep.pairs,
                     values,
-                    sweep.recipe.metrics.names,
+                    sweep.recipe.metrics.numeric,
                     facets,
                     single=patch.mode == "single",
                     tokens=sweep.receiver_tokens(direction),
+                    texts=texts,
                 )
             )
         return Computed(pl.concat(frames), computed, time.perf_counter() - clock)

@@ -41,6 +41,7 @@ class Record(Mode):
     reads_both_runs = True
     sized_by_memory = False
     compare_refusal = "its rows index an activation export, not effects of a patch"
+    decode_refusal = "it exports activations and measures no answer"
 
     def plan(self, patch, shape, source) -> list[PatchSpec]:
         check_site(patch, shape, source)

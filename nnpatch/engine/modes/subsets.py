@@ -64,7 +64,7 @@ class Subsets(Patching):
                     unpatched_frame(sweep.pairs, receiver.cpu(), sweep.recipe, site, direction)
                 )
         table = synergy(
-            computed.results, pl.concat(unpatched), sweep.recipe.metrics.names, sweep.recipe
+            computed.results, pl.concat(unpatched), sweep.recipe.metrics.numeric, sweep.recipe
         )
         computed.tables["synergy"] = table
         return computed
@@ -112,7 +112,7 @@ class Subsets(Patching):
 
 def unpatched_frame(pairs, receiver, recipe, site: str, direction: str) -> pl.DataFrame:
     """Per pair: every metric of the unpatched receiver of (site, direction)."""
-    names = recipe.metrics.names
+    names = recipe.metrics.numeric
     frame = pl.DataFrame(receiver.double().numpy(), schema=names, orient="row")
     return frame.with_columns(
         pl.Series("pair_id", [p.id for p in pairs], dtype=pl.String),

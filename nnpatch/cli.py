@@ -246,6 +246,36 @@ def report(run_dir: str) -> None:
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--folds",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Cross-validation folds (by pair).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the folds and control labels.",
+)
+def probe(run_dir: str, folds: int, seed: int) -> None:
+    """Fit linear probes on a finished record RUN_DIR: per cell, the answer and each step.
+
+    Cross-validated by pair (--folds), against the majority class and a control task of
+    permuted labels; writes probe.parquet, probe.md and charts/probe_*.html into RUN_DIR.
+    """
+    from nnpatch.probe import probe_run
+    from nnpatch.probe.report import summary_lines
+
+    with _errors():
+        for line in summary_lines(probe_run(run_dir, folds, seed)):
+            click.echo(line)
+
+
+@main.command()
 @click.argument("run_a", type=click.Path(file_okay=False))
 @click.argument("run_b", type=click.Path(file_okay=False))
 @click.option(

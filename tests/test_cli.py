@@ -11,20 +11,15 @@ from helpers import GSM8K, ROOT, write_recipe
 from nnpatch.cli import main
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        [],
-        ["run"],
-        ["record"],
-        ["validate"],
-        ["inspect"],
-        ["report"],
-        ["compare"],
-        ["pairs"],
-        ["pairs", "gsm8k"],
-    ],
-)
+def _commands(group, path=()) -> list[list[str]]:
+    """Every command and subcommand, as the words that reach it."""
+    out = [list(path)]
+    for name, command in getattr(group, "commands", {}).items():
+        out += _commands(command, (*path, name))
+    return out
+
+
+@pytest.mark.parametrize("command", _commands(main), ids=" ".join)
 def test_every_command_has_help(command):
     """--help works on the group and on each command."""
     result = CliRunner().invoke(main, [*command, "--help"])

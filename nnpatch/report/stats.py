@@ -86,10 +86,14 @@ Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 def wilson_ci(successes: float, n: int) -> tuple[float, float]:
     """Wilson score 95% interval of a proportion: keeps its coverage near 95% where the
     percentile bootstrap of a 0/1 mean collapses (every pair right gives [1, 1])."""
+    if n == 0:
+        return float("nan"), float("nan")
     p, z2 = successes / n, Z95 * Z95
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends, not 1 - 1e-16
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return float(low), float(high)
 
 
 def excludes_zero(low: float | None, high: float | None) -> bool | None:

@@ -60,17 +60,23 @@ def _nnpatch(*args: str) -> subprocess.Popen:
     )
 
 
-def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path):
+DECODED = {"metrics": {"names": ["recovery", "answer", "correct", "gives_corrupted"]}}
+
+
+@pytest.mark.parametrize("metrics", [{}, DECODED], ids=["logits", "decoded-answers"])
+def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, metrics):
     """SIGKILL mid-sweep (before the first shard and after random numbers of them), resume
-    each time: the final rows equal an uninterrupted run's exactly, none lost or doubled."""
+    each time: the final rows equal an uninterrupted run's exactly, none lost or doubled
+    (decoded answers: the same texts, token for token)."""
+    sweep = {**SWEEP, **metrics}
     reference = tmp_path / "reference"
     reference.mkdir()
-    whole = _nnpatch("run", str(write_recipe(reference, name="sweep", **SWEEP)))
+    whole = _nnpatch("run", str(write_recipe(reference, name="sweep", **sweep)))
     assert whole.wait(timeout=300) == 0, whole.stderr.read().decode()
     (done,) = _run_dirs(reference / "outputs")
     expected = pl.read_parquet(done / "results.parquet")
 
-    recipe = write_recipe(tmp_path, name="sweep", **SWEEP)
+    recipe = write_recipe(tmp_path, name="sweep", **sweep)
     total_batches = expected.height // 2
     rng = random.Random(7)
     kill_points = [0, *sorted(rng.sample(range(1, total_batches - 1), 2))]
@@ -94,6 +100,8 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
     assert got.equals(expected)
     assert not got.select("pair_id", "layer", "position", "control").is_duplicated().any()
     assert not (run_dir / "shards").exists()
+    if metrics:
+        assert got["answer"].n_unique() > 1  # texts that a wrong resume would change
 
 
 def _wait_for_shards(output: Path, count: int, process: subprocess.Popen) -> Path:

@@ -188,6 +188,25 @@ def _execute(prep, resume) -> None:
         )
 
 
+@main.command(name="eval")
+@click.argument("recipe", type=click.Path())
+@SET_OPTION
+def evaluate(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Accuracy of a RECIPE's model, unpatched, decoding its own answers to the pairs' clean
+    questions, for each number of thoughts in model.num_thoughts (a list, 0 allowed).
+
+    \b
+    Example:
+      nnpatch eval recipes/eval.toml --set 'model.num_thoughts=[0,1,2,3]'
+    """
+    from nnpatch.evaluate import evaluate as run_eval
+    from nnpatch.evaluate import screen_lines
+
+    with _errors(), _stop_signals():
+        for line in screen_lines(run_eval(recipe, list(overrides), _progress)):
+            click.echo(line)
+
+
 @main.command()
 @click.argument("recipe", type=click.Path())
 @SET_OPTION

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from nnpatch.engine.metrics import DECODED, METRICS, decodes, numeric, scored
 from nnpatch.engine.modes import MODES, SECTIONS
 from nnpatch.errors import RecipeError
-from nnpatch.fields import Float, Int, PathText, Section, Seed, Text
+from nnpatch.fields import Float, Int, PathText, Section, Seed, Text, distinct
 from nnpatch.models.kinds import KINDS, recognise
 from nnpatch.models.kinds.files import as_path
 from nnpatch.models.presets import PRESETS
@@ -37,7 +37,14 @@ class ModelSection(Section):
     checkpoint: PathText | None = None  # a folder, or a Hugging Face hub id
     base: PathText | None = None
     revision: Text | None = None
-    num_thoughts: Int | None = Field(default=None, ge=1, le=64)
+    # a list (0 allowed) is for `nnpatch eval`: accuracy for each number of thoughts
+    num_thoughts: (
+        Annotated[Int, Field(ge=1, le=64)]
+        | Annotated[
+            list[Annotated[Int, Field(ge=0, le=64)]], Field(min_length=1), distinct("a count")
+        ]
+        | None
+    ) = None
     prj_dim: Int | None = Field(default=None, ge=1)
     # codi: whether the checkpoint has CODI's projection (use_prj); false feeds each final
     # hidden state back as it is. Stated, never guessed: a file lacking prj.* is an error

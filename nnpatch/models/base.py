@@ -229,6 +229,12 @@ class ThoughtModel(PlacedModule):
         return self.module.num_layers
 
     @property
+    def thoughts_settable(self) -> bool:
+        """Whether any number of thoughts may be run (`nnpatch eval`'s K): the loop's length
+        is the caller's to choose (not in direct mode, where there is no loop)."""
+        return not self.direct
+
+    @property
     def num_thoughts(self) -> int:
         return self.module.num_thoughts
 

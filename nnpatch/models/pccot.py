@@ -96,6 +96,11 @@ PARALLEL = (
         "its slots attend to each other within every iteration, not along one sequential "
         "loop of thoughts",
     ),
+    (
+        "attention",
+        "its slots attend to each other within every iteration against a question cache cut "
+        "back each time, not along one sequential loop of thoughts",
+    ),
 )
 
 
@@ -105,6 +110,7 @@ class PccotThoughts(ThoughtModel):
 
     shares_question = False  # every slot of every iteration depends on the others
     prompt_in_input = True  # the answer prompt is part of the input
+    thoughts_settable = False  # its slots are trained as a fixed set, iterated together
 
     @property
     def num_iterations(self) -> int:

@@ -14,6 +14,7 @@ from nnpatch.models.base import Encoded, ModelShape, ThoughtModel, decode_input,
 
 
 class PerQuestionThoughts(ThoughtModel):
+    thoughts_settable = False  # each question's own count (a policy, or the text written)
     shares_question = False  # rows carry their own thoughts
     sites = ("resid", "attn", "mlp", "head", "thought")
     writes = False  # thoughts are written tokens (fed as ids), not latents

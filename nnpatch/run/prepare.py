@@ -57,8 +57,15 @@ def prepare(
         overrides.append(f"data.limit={limit}")
     if output is not None:
         overrides.append(f"run.output={json.dumps(str(output))}")
-    recipe, data, pairs, counts = _recipe_and_pairs(source, overrides)
+    recipe, data, pairs, counts = recipe_and_pairs(source, overrides)
     seconds = {"pairs_s": time.perf_counter() - clock}
+    if isinstance(recipe.model.num_thoughts, list):
+        raise RecipeError(
+            source,
+            "model.num_thoughts",
+            "a list of thought counts is for `nnpatch eval` (accuracy for each count)",
+            "give one number to run a sweep",
+        )
     mode = mode_for(recipe.patch.mode)
     _check_output(Path(recipe.run.output), source)
     check_remote(recipe, source, mode)
@@ -160,8 +167,13 @@ class Checked:
 def check(path: str | Path, overrides: list[str] = ()) -> Checked:
     """Schema, pairs and (when the model's config is reachable) the plan's cells."""
     source = Path(path)
-    recipe, _, pairs, _ = _recipe_and_pairs(source, list(overrides))
+    recipe, _, pairs, _ = recipe_and_pairs(source, list(overrides))
     _check_extras(recipe, source)
+    counts = recipe.model.num_thoughts
+    if isinstance(counts, list):  # an eval recipe: check the sweep's cells at its largest K
+        recipe = recipe.model_copy(
+            update={"model": recipe.model.model_copy(update={"num_thoughts": max(counts) or None})}
+        )
     try:
         shape = model_shape(recipe.model, source)
     except ModelError as err:
@@ -173,7 +185,7 @@ def check(path: str | Path, overrides: list[str] = ()) -> Checked:
     return Checked(recipe, len(pairs), shape, plan, [])
 
 
-def _recipe_and_pairs(source: Path, overrides: list[str]):
+def recipe_and_pairs(source: Path, overrides: list[str]):
     """(recipe, the recipe file's bytes, pairs, pair counts)."""
     recipe, data = read_recipe(source, overrides)
     section = recipe.data

@@ -173,8 +173,8 @@ class MetricsSection(Section):
     # logit metrics (teacher-forced at the answer position), and the decoded answer's:
     # `answer` (the text written greedily after the patched thoughts), `correct` (it gives
     # the clean answer), `gives_corrupted` (it gives the corrupted one)
-    names: list[Annotated[str, Field(json_schema_extra={"examples": list(KNOWN_METRICS)})]] = (
-        Field(default_factory=lambda: list(METRICS), min_length=1)
+    names: list[Annotated[str, Field(json_schema_extra={"examples": list(KNOWN_METRICS)})]] = Field(
+        default_factory=lambda: list(METRICS), min_length=1
     )
     # the most tokens a decoded answer may have (eos included); a longer one is cut there
     answer_tokens: Annotated[Int, Field(ge=1, le=512)] = 24

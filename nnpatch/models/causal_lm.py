@@ -232,8 +232,12 @@ class CausalLM(PlacedModule):
         if encoded.decode is None:
             return (inputs,), {"logits_to_keep": keep}
         width = _answer_width(encoded)
-        return (), {"inputs": inputs, "logits_to_keep": keep, "answer_width": width,
-                    "decode": encoded.decode}
+        return (), {
+            "inputs": inputs,
+            "logits_to_keep": keep,
+            "answer_width": width,
+            "decode": encoded.decode,
+        }
 
     def decoded_ids(self, result, encoded: Encoded) -> torch.Tensor | None:
         return result[1] if encoded.decode is not None else None

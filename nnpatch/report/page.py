@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from nnpatch.engine.modes import mode_for
-from nnpatch.report import charts
+from nnpatch.report import accuracy, charts
 from nnpatch.report.facts import baseline_rows, html_table, key_table, run_facts
 from nnpatch.report.load import Run, describe_error, load_run
 from nnpatch.run.folder import write_bytes, write_text
@@ -184,6 +184,7 @@ def _markdown(run: Run, notes: list[str]) -> str:
         "|" + "---|" * len(key.header),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in key.rows]
+    lines += accuracy.report_lines(run.summary, run.baselines)
     lines += mode_for(run.resolved["patch"]["mode"]).report_lines(run)
     if notes:
         lines += ["", "## Charts not drawn", "", *[f"- {note}" for note in notes]]

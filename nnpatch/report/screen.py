@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from nnpatch.report.summary import accuracy
+from nnpatch.report import accuracy
+from nnpatch.report.summary import accuracy as proportion
+from nnpatch.report.summary import lead_metric
 
 
 def render_summary(prep, finished) -> str:
@@ -26,6 +28,8 @@ def render_summary(prep, finished) -> str:
     )
     lines += accuracy_lines(base)
     lines += prep.mode.screen_lines(finished.summary, recipe)
+    if lead_metric(names) != "correct":
+        lines += accuracy.screen_lines(finished.summary)
     lines += [f"note: {note}" for note in prep.notes]
     lines += [f"note: {note}" for note in finished.report.get("charts_not_drawn", [])]
     return "\n".join(lines)
@@ -38,7 +42,7 @@ def accuracy_lines(base) -> list[str]:
         return []
     parts = []
     for run, column in (("clean", "clean_correct"), ("corrupted", "corrupted_gives_corrupted")):
-        mean, low, high, n = accuracy(base[column])
+        mean, low, high, n = proportion(base[column])
         parts.append(f"{run} {mean:.0%} [{low:.0%}, {high:.0%}]")
     return [f"  decoded accuracy (own answer, n={n}): " + "   ".join(parts)]
 

@@ -160,7 +160,7 @@ def test_plain_lm_answers_equal_the_hook_reference(tmp_path):
             model.module(input_ids=torch.tensor([model.question_ids(pair.clean_question)]))
         handle.remove()
         cells = [(len(head) + int(p), store[0][0, len(head) + int(p)]) for p in row["positions"]]
-        hooks = lambda: [(layer, multi_patcher({0: cells}))]  # noqa: E731
+        hooks = lambda cells=cells: [(layer, multi_patcher({0: cells}))]  # noqa: E731
         assert row["answer"] == lm_decoded_reference(model, pair.corrupted_question, hooks, TOKENS)
         assert_judged(model, pair, row)
 
@@ -227,3 +227,39 @@ def test_modes_without_answers_refuse_decoded_metrics(tmp_path):
         )
         with pytest.raises(RecipeError, match=f"{mode} cannot measure correct"):
             prepare(recipe, [])
+
+
+def test_accuracy_reaches_the_summary_report_and_compare(tmp_path):
+    """`correct` per cell: Wilson intervals in the summary beside the unpatched runs'
+    accuracies, an accuracy section in summary.md, and `nnpatch compare` differences it
+    (never the text)."""
+    from nnpatch.report.compare import compare_runs
+    from nnpatch.report.stats import wilson_ci
+
+    runs = []
+    for source in ("donor", "mean"):
+        folder = tmp_path / source
+        folder.mkdir()
+        recipe = write_recipe(
+            folder,
+            model={"preset": "toy-codi"},
+            data={"pairs": "toy-arithmetic", "limit": 8},
+            patch={"mode": "single", "source": source, "layers": [1], "positions": [1, 2]},
+            metrics={"names": ["correct", "answer"], "answer_tokens": TOKENS},
+            run={"batch_size": 16, "output": str(folder / "outputs"), "report": "html"},
+        )
+        runs.append(run(recipe)[1])
+    finished = runs[0]
+    cells = finished.summary.filter(pl.col("metric") == "correct")
+    assert set(finished.summary["metric"]) == {"correct"}
+    for row in cells.iter_rows(named=True):
+        right = finished.results.filter(
+            ~pl.col("control") & (pl.col("position") == row["position"])
+        )["correct"]
+        assert (row["ci95_low"], row["ci95_high"]) == pytest.approx(
+            wilson_ci(right.sum(), right.len())
+        )
+        assert row["clean_run_mean"] == finished.baselines["clean_correct"].mean()
+    assert "Answer accuracy under intervention" in (finished.path / "summary.md").read_text()
+    table = compare_runs(runs[0].path, runs[1].path, tmp_path / "cmp")
+    assert set(table["metric"]) == {"correct"}

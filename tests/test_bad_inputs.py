@@ -298,7 +298,7 @@ def recipe_cases(tmp: Path, base: str) -> list[Case]:
             [*run, "metrics.names=['recovry']"],
             b + "metrics.names: unknown metric 'recovry' (did you mean 'recovery'?); known: "
             "logit_diff, recovery, logprob_diff, kl_to_clean, kl_from_corrupt, l2, "
-            "top1_changed; got ['recovry']",
+            "top1_changed, answer, correct, gives_corrupted; got ['recovry']",
         ),
         Case(
             "a metric twice",
@@ -1013,7 +1013,7 @@ def test_every_case_is_one_line_its_exit_code_and_a_true_folder_state(corpus, mo
 
 # the messages of the cases above that do not spell theirs out
 EXPECTED: dict[str, str] = {
-    "patch.mode = 'diagonal'": "{tmp}/base.toml: patch.mode: unknown mode 'diagonal'; use one of 'single', 'layer', 'chained', 'sets', 'subsets', 'mediation', 'knockout', 'attribution', 'lens', 'record'",
+    "patch.mode = 'diagonal'": "{tmp}/base.toml: patch.mode: unknown mode 'diagonal'; use one of 'single', 'layer', 'chained', 'sets', 'subsets', 'mediation', 'knockout', 'attribution', 'lens', 'attention', 'record'",
     "patch.site = 'residual'": "{tmp}/base.toml: patch.site: Input should be 'resid', 'attn', 'mlp', 'head' or 'thought'; got 'residual'",
     "patch.direction = 'up'": "{tmp}/base.toml: patch.direction: Input should be 'denoise' or 'noise'; got 'up'",
     "patch.control = 'shuffle'": "{tmp}/base.toml: patch.control: Input should be 'random-donor' or 'none'; got 'shuffle'",
@@ -1027,7 +1027,7 @@ EXPECTED: dict[str, str] = {
     "sets without mode sets": "{tmp}/base.toml: patch.sets: unknown key; remove it or check its spelling against the README's recipe reference",
     "bot on the thought site": "{tmp}/base.toml: patch.positions: site 'thought' has only thought positions, not 'bot'; drop bot/eot or use site 'resid'",
     "layers on the thought site": "{tmp}/base.toml: patch.layers: site 'thought' is the thought input embedding and has no layers; remove patch.layers",
-    "validate: unknown metric": "{tmp}/base.toml: metrics.names: unknown metric 'l3'; known: logit_diff, recovery, logprob_diff, kl_to_clean, kl_from_corrupt, l2, top1_changed; got ['l3']",
+    "validate: unknown metric": "{tmp}/base.toml: metrics.names: unknown metric 'l3'; known: logit_diff, recovery, logprob_diff, kl_to_clean, kl_from_corrupt, l2, top1_changed, answer, correct, gives_corrupted; got ['l3']",
     "control on attribution": "{tmp}/base.toml: patch.control: Input should be 'none'; got 'random-donor'",
     "preset and kind": "{tmp}/base.toml: model: set either preset or kind (with checkpoint and base), not both; got {{'preset': 'tiny-random-codi', 'kind': 'codi'}}",
     "no model at all": "{tmp}/base.toml: model.preset: unknown preset ''; known: tiny-random-codi, tiny-random-codi-gpt2, toy-codi, tiny-random-gpt2, tiny-random-llama",

@@ -26,6 +26,7 @@ more forward per chunk of pairs, with eager's [B, heads, queries, keys] per laye
 
 Each query sees the keys at or before it in its own unpadded sequence (itself last); padding,
 masked thoughts and the causal future are never keys, and its probabilities over them sum to 1.
+`table` lays one (pair, run, query)'s weights out as rows of the mode's results table.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import nnsight
+import numpy as np
+import polars as pl
 import torch
 from transformers import PretrainedConfig
 
@@ -171,7 +174,6 @@ def read(
     rows: list[Layout],
     layers: list[int],
     heads: list[int],
-    trace_kwargs: dict | None = None,
 ) -> dict[tuple[int, str], torch.Tensor]:
     """One traced forward of the batch under eager attention: per (row, query label) the
     probabilities [layers, heads, keys] from that query to each of its keys (float32, CPU)."""
@@ -190,7 +192,6 @@ def read(
     head_index = torch.tensor(heads, device=device)
     paths = [attention_path(model, layer) for layer in layers]
     args, kwargs = model.trace_inputs(encoded)
-    kwargs = {**kwargs, **(trace_kwargs or {})}
     with eager_attention(model.lm), torch.no_grad(), traced.trace(*args, **kwargs) as tracer:
         found = {}
         for call in tracer.iter[sorted(by_call)] if by_call else ():
@@ -201,9 +202,62 @@ def read(
                     found[(label, layer)] = picked.index_select(1, head_index).clone()
         found = nnsight.save(found)
     out = {}
-    for (call, label), (members, _) in grouped.items():
+    for (_, label), (members, _) in grouped.items():
         stacked = torch.stack([found[(label, layer)] for layer in layers], 1).float().cpu()
         for position, row in enumerate(members):  # [layers, heads, keys] of the row's own keys
             columns = torch.tensor([k.column for k in rows[row][label].keys])
             out[(row, label)] = stacked[position].index_select(-1, columns)
     return out
+
+
+RESULT_SCHEMA = {
+    "pair_id": pl.String,
+    "run": pl.String,
+    "layer": pl.Int64,
+    "head": pl.Int64,
+    "query": pl.String,
+    "query_index": pl.Int64,
+    "key_index": pl.Int64,
+    "key": pl.String,
+    "key_kind": pl.String,
+    "key_token": pl.String,
+    "weight": pl.Float32,
+}
+
+
+def table(
+    pair_id: str, run: str, label: str, query: Query, weights: torch.Tensor, layers, heads
+) -> pl.DataFrame:
+    """One (pair, run, query)'s weights [layers, heads, keys] as rows of the results table."""
+    count = len(query.keys)
+    keys = pl.DataFrame(
+        {
+            "key_index": [k.index for k in query.keys],
+            "key": [k.label for k in query.keys],
+            "key_kind": [k.kind for k in query.keys],
+            "key_token": [k.token for k in query.keys],
+        },
+        schema={k: RESULT_SCHEMA[k] for k in ("key_index", "key", "key_kind", "key_token")},
+    )
+    cells = len(layers) * len(heads)
+    spread = keys[np.tile(np.arange(count), cells)]
+    frame = pl.DataFrame(
+        {
+            "layer": np.repeat(np.asarray(layers, dtype=np.int64), len(heads) * count),
+            "head": np.tile(np.repeat(np.asarray(heads, dtype=np.int64), count), len(layers)),
+            "weight": weights.numpy().reshape(-1),
+        }
+    )
+    return pl.concat([frame, spread], how="horizontal").select(
+        pl.lit(pair_id).alias("pair_id"),
+        pl.lit(run).alias("run"),
+        "layer",
+        "head",
+        pl.lit(label).alias("query"),
+        pl.lit(query.index, dtype=pl.Int64).alias("query_index"),
+        "key_index",
+        "key",
+        "key_kind",
+        "key_token",
+        pl.col("weight").cast(pl.Float32),
+    )

@@ -1,6 +1,6 @@
 """Every analysis mode on every continuous-thought family: a run finishes with finite
 baselines, or the family's loop refuses the mode in one line that says why (PCCoT's
-parallel slots have no sequential loop for mediation or knockout to follow).
+parallel slots have no sequential loop for mediation, knockout or attention to follow).
 
 CODI's and plain LMs' modes have their own reference tests; here each newer family runs
 each mode once on its tiny release, including a source other than the donor pair (steer)
@@ -31,11 +31,12 @@ PATCHES = {
     "knockout": {"mode": "knockout"},
     "attribution": {"mode": "attribution", "layers": [0]},
     "lens": {"mode": "lens", "layers": [0]},
+    "attention": {"mode": "attention", "layers": [0]},
     "record": {"mode": "record", "layers": [0]},
     "steer": {"mode": "single", "layers": [0], "positions": [0], "source": "steer"},
     "head": {"mode": "single", "site": "head", "heads": [1], "layers": [0], "positions": [0]},
 }
-REFUSED = {"pccot": {"mediation", "knockout"}}
+REFUSED = {"pccot": {"mediation", "knockout", "attention"}}
 
 
 def _families(tmp_path: Path) -> dict[str, dict]:

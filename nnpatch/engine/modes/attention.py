@@ -27,7 +27,6 @@ import time
 from functools import partial
 from typing import Annotated, Literal
 
-import numpy as np
 import polars as pl
 import torch
 from pydantic import Field
@@ -41,6 +40,7 @@ from nnpatch.engine.modes.attention_charts import (
     main_run,
     ordered_queries,
     plural,
+    short_query,
 )
 from nnpatch.engine.modes.base import Computed, Mode, Sweep
 from nnpatch.engine.plan import PatchSpec, selected_layers, selected_positions
@@ -51,6 +51,7 @@ from nnpatch.report.top import Table
 
 RUNS = ("clean", "corrupted")
 QueryPosition = Int | Literal["bot", "eot", "answer"]
+Runs = Annotated[list[Literal["clean", "corrupted"]], Field(min_length=1), distinct("a run")]
 TOP = 5  # keys listed per query in the report and on screen
 
 
@@ -71,9 +72,7 @@ class AttentionPatch(Section):
         Literal["all"]
         | Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1), distinct("a head")]
     ) = "all"
-    runs: Annotated[
-        list[Literal["clean", "corrupted"]], Field(min_length=1), distinct("a run")
-    ] = ["clean", "corrupted"]
+    runs: Runs = ["clean", "corrupted"]
 
     @property
     def site(self) -> str:
@@ -97,7 +96,8 @@ class Attention(Mode):
         layers = selected_layers(patch, shape, source)
         if patch.heads != "all" and shape.num_heads is not None:
             check_heads(patch.heads, shape.num_heads, shape.name, source)
-        return [PatchSpec(layer, (q,)) for layer in layers for q in query_labels(patch, shape, source)]
+        queries = query_labels(patch, shape, source)
+        return [PatchSpec(layer, (query,)) for layer in layers for query in queries]
 
     def cells(self, plan) -> list:
         return []  # nothing is recorded in the baseline pass
@@ -151,7 +151,7 @@ class Attention(Mode):
             index = list(range(start, min(start + chunk, len(pairs))))
             frames += self._chunk(sweep, index, runs, labels, layers, heads)
             tick(len(index) * len(runs) * len(sweep.plan))
-        results = pl.concat(frames) if frames else pl.DataFrame(schema=RESULT_SCHEMA)
+        results = pl.concat(frames) if frames else pl.DataFrame(schema=read.RESULT_SCHEMA)
         results = results.with_columns((~pl.col("weight").is_finite()).alias("nonfinite"))
         readouts = len(sweep.plan) * len(pairs) * len(runs)
         return Computed(results, readouts, time.perf_counter() - clock)
@@ -180,7 +180,7 @@ class Attention(Mode):
             ]
         order = {(i, run): row for row, (i, run) in enumerate(who)}
         return [
-            table(pairs[i].id, run, label, rows[order[(i, run)]][label], found, layers, heads)
+            read.table(pairs[i].id, run, label, rows[order[(i, run)]][label], found, layers, heads)
             for i in index
             for run in runs
             for label in labels
@@ -191,58 +191,70 @@ class Attention(Mode):
         return attention_summary(results, recipe.run.seed)
 
     def key_table(self, summary: pl.DataFrame, metrics: list[str]) -> Table:
-        kinds = [k for k in KIND_ORDER if k in set(summary["key_kind"].to_list())]
+        present = set(summary["key_kind"].to_list())
+        kinds = [k for k in KIND_ORDER if k in present]
         rows = []
         for query, by_key in overall(summary).items():
             totals = {r["key"]: r["mean"] for r in by_key if r["scope"] == "kind"}
             top = next((r for r in by_key if r["scope"] == "key"), None)
             cells = [f"{totals[k]:.3f}" if k in totals else "" for k in kinds]
-            rows.append([query, *cells, "" if top is None else f"{key_name(top)} {top['mean']:.3f}"])
+            rows.append(
+                [
+                    short_query(query, present),
+                    *cells,
+                    "" if top is None else f"{key_name(top)} {top['mean']:.3f}",
+                ]
+            )
         return Table(
             "Where each query's attention goes",
             ["query", *[plural(k) for k in kinds], "top key"],
             rows,
             "Mean attention probability over the layers read, the heads and the pairs (each "
             "pair's runs averaged); a kind's column is the total over its keys (question: every "
-            "question token), so a row sums to 1.",
+            "question token), so a row sums to 1; a question token shown without its text is a "
+            "different word in different runs (a number, say).",
         )
 
     def screen_lines(self, summary: pl.DataFrame, recipe) -> list[str]:
         lines = [f"attention ({main_run(summary)} runs; mean over layers, heads and pairs):"]
+        present = set(summary["key_kind"].to_list())
         for query, by_key in overall(summary).items():
             top = [r for r in by_key if r["scope"] == "key"][:TOP]
             kinds = [r for r in by_key if r["scope"] == "kind"]
             keys = ", ".join(f"{key_name(r)} {r['mean']:.2f}" for r in top)
             totals = ", ".join(f"{plural(r['key'])} {r['mean']:.2f}" for r in kinds)
-            lines.append(f"  {query:<7} → {keys}  |  {totals}")
+            lines.append(f"  {short_query(query, present):<7} → {keys}  |  {totals}")
         return lines
 
     def report_lines(self, run) -> list[str]:
         lines = ["", "## Top attended keys per query", ""]
         lines.append(
             "Mean attention over the layers read, heads and pairs; in brackets the layer where "
-            "the key draws the most, with its mean and 95% CI over pairs."
+            "the key draws the most, with its mean and 95% CI over pairs. A question token "
+            "shown without its text is a different word in different runs."
         )
         best = peak_layers(run.summary)
+        present = set(run.summary["key_kind"].to_list())
         for query, by_key in overall(run.summary).items():
             top = [r for r in by_key if r["scope"] == "key"][:TOP]
             parts = []
             for r in top:
                 peak = best[(query, r["key"])]
-                ci = "" if peak["ci95_low"] is None else (
-                    f" [{peak['ci95_low']:.3f}, {peak['ci95_high']:.3f}]"
-                )
+                low, high = peak["ci95_low"], peak["ci95_high"]
+                ci = "" if low is None else f" [{low:.3f}, {high:.3f}]"
                 parts.append(
                     f"{key_name(r)} {r['mean']:.3f} (L{peak['layer']} {peak['mean']:.3f}{ci})"
                 )
-            lines.append(f"- **{query}**: " + "; ".join(parts))
+            lines.append(f"- **{short_query(query, present)}**: " + "; ".join(parts))
         return lines
 
     def charts(self, run) -> dict:
         out = {}
+        present = set(run.summary["key_kind"].to_list())
         for query in ordered_queries(run.summary["query"].unique().to_list()):
-            out[f"attention_{query}"] = partial(layer_key_heatmap, run.summary, query)
-            out[f"attended_{query}"] = partial(attended_tokens, run.results, query)
+            stem = short_query(query, present)
+            out[f"attention_{stem}"] = partial(layer_key_heatmap, run.summary, query)
+            out[f"attended_{stem}"] = partial(attended_tokens, run.results, query)
         return out
 
 
@@ -278,58 +290,6 @@ def labels_of(plan: list[PatchSpec]) -> list[str]:
 
 def layers_of(plan: list[PatchSpec]) -> list[int]:
     return list(dict.fromkeys(spec.layer for spec in plan))
-
-
-# ---- the results table --------------------------------------------------------------------
-RESULT_SCHEMA = {
-    "pair_id": pl.String,
-    "run": pl.String,
-    "layer": pl.Int64,
-    "head": pl.Int64,
-    "query": pl.String,
-    "query_index": pl.Int64,
-    "key_index": pl.Int64,
-    "key": pl.String,
-    "key_kind": pl.String,
-    "key_token": pl.String,
-    "weight": pl.Float32,
-}
-
-
-def table(pair_id: str, run: str, label: str, query, weights, layers, heads) -> pl.DataFrame:
-    """One (pair, run, query)'s rows: weights [layers, heads, keys] in long form."""
-    count = len(query.keys)
-    keys = pl.DataFrame(
-        {
-            "key_index": [k.index for k in query.keys],
-            "key": [k.label for k in query.keys],
-            "key_kind": [k.kind for k in query.keys],
-            "key_token": [k.token for k in query.keys],
-        },
-        schema={k: RESULT_SCHEMA[k] for k in ("key_index", "key", "key_kind", "key_token")},
-    )
-    cells = len(layers) * len(heads)
-    spread = keys[np.tile(np.arange(count), cells)]
-    frame = pl.DataFrame(
-        {
-            "layer": np.repeat(np.asarray(layers, dtype=np.int64), len(heads) * count),
-            "head": np.tile(np.repeat(np.asarray(heads, dtype=np.int64), count), len(layers)),
-            "weight": weights.numpy().reshape(-1),
-        }
-    )
-    return pl.concat([frame, spread], how="horizontal").select(
-        pl.lit(pair_id).alias("pair_id"),
-        pl.lit(run).alias("run"),
-        "layer",
-        "head",
-        pl.lit(label).alias("query"),
-        pl.lit(query.index, dtype=pl.Int64).alias("query_index"),
-        "key_index",
-        "key",
-        "key_kind",
-        "key_token",
-        pl.col("weight").cast(pl.Float32),
-    )
 
 
 # ---- the statistics -----------------------------------------------------------------------

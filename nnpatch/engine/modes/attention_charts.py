@@ -56,6 +56,13 @@ def plural(kind: str) -> str:
     return "thoughts" if kind == "thought" else kind
 
 
+def short_query(query: str, kinds: set[str]) -> str:
+    """A query as tables name it: thought "t2", span token "s2", "eot", "answer"."""
+    if not query.isdigit():
+        return query
+    return f"{'s' if 'span' in kinds else 't'}{query}"
+
+
 def query_name(query: str, kinds: set[str]) -> str:
     if not query.isdigit():
         return query
@@ -121,7 +128,9 @@ def attended_tokens(results: pl.DataFrame, query: str) -> alt.VConcatChart:
         sequences.append((f"{pair} ({first})", own["key"].to_list(), tokens, own["weight"]))
     sequences.append(_aligned_mean(per))
     top = max(float(weights.max()) for *_, weights in sequences) or 1.0
-    charts = [_text_row(name, keys, tokens, weights, top) for name, keys, tokens, weights in sequences]
+    charts = [
+        _text_row(name, keys, tokens, weights, top) for name, keys, tokens, weights in sequences
+    ]
     kinds = set(per["key_kind"].to_list())
     title = f"attended tokens from {query_name(query, kinds)}: mean weight over layers and heads"
     return alt.vconcat(*charts).resolve_scale(color="shared").properties(title=title)
@@ -193,9 +202,7 @@ def _text_row(name: str, keys: list[str], tokens: list[str], weights, top: float
     words = words.encode(
         x=alt.X("x0:Q", axis=None, scale=scale),
         text="text:N",
-        color=alt.condition(
-            f"datum.weight > {0.6 * top}", alt.value("white"), alt.value("black")
-        ),
+        color=alt.condition(f"datum.weight > {0.6 * top}", alt.value("white"), alt.value("black")),
     )
     return (rects + words).properties(
         title=name, width=(WIDTH + 2) * CHAR, height=LINE * (line + 1)

@@ -95,11 +95,14 @@ def summarize(
 def with_unpatched(
     summary: pl.DataFrame, baselines: pl.DataFrame, names: list[str]
 ) -> pl.DataFrame:
-    """Each metric's value in the unpatched runs beside every cell (mean over pairs): for
-    `correct`, the clean run's accuracy and how often the corrupted run gives the clean
-    answer; for `gives_corrupted`, the reverse. Summaries of other values are left as
-    they are."""
-    if "metric" not in summary.columns or not set(summary["metric"]) <= set(names):
+    """The decoded-answer metrics' values in the unpatched runs beside every cell (mean over
+    pairs): for `correct`, the clean run's accuracy and how often the corrupted run gives
+    the clean answer; for `gives_corrupted`, the reverse. Only those: they compare text with
+    the pair's answers, so one value holds for every site and direction of a grid (a logit
+    metric such as top1_changed reads the receiver, which direction decides). Summaries of
+    other values, and runs that decode nothing, are left as they are."""
+    decoded = [name for name in names if name in DECODED and name != "answer"]
+    if "metric" not in summary.columns or not decoded or not set(summary["metric"]) <= set(names):
         return summary
     rows = [
         {
@@ -107,7 +110,7 @@ def with_unpatched(
             "clean_run_mean": _mean(baselines, f"clean_{name}"),
             "corrupted_run_mean": _mean(baselines, f"corrupted_{name}"),
         }
-        for name in summary["metric"].unique(maintain_order=True)
+        for name in decoded
     ]
     schema = {"metric": pl.String, "clean_run_mean": pl.Float64, "corrupted_run_mean": pl.Float64}
     table = pl.DataFrame(rows, schema=schema)

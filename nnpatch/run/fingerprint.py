@@ -28,8 +28,9 @@ def _sha(data: object) -> str:
 
 def recipe_hash(recipe: Recipe) -> str:
     """The resolved recipe, overrides applied, less what never changes a row: the output
-    folder (moving runs is fine), W&B's settings and the memory budget (the batch a run
-    started with is recorded and kept). `batch_size = "auto"` hashes as 64, the default
+    folder (moving runs is fine), W&B's settings, the memory budget (the batch a run
+    started with is recorded and kept) and, when nothing is decoded, the answer tokens'
+    bound. `batch_size = "auto"` hashes as 64, the default
     before it, so runs started then still resume."""
     dumped = recipe.model_dump(mode="json")
     for key in ("output", "wandb", "max_memory"):
@@ -37,6 +38,8 @@ def recipe_hash(recipe: Recipe) -> str:
     for key in UNSET_ADDED_LATER:  # unset, they hash as recipes did before they existed
         if dumped["model"].get(key) is None:
             dumped["model"].pop(key, None)
+    if not recipe.metrics.decode_tokens:  # no decoded answer: its bound changes no row
+        dumped["metrics"].pop("answer_tokens", None)
     if dumped["run"].get("batch_size") == "auto":
         dumped["run"]["batch_size"] = 64
     return _sha(dumped)

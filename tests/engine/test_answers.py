@@ -5,6 +5,9 @@ no `generate`. Texts must be equal, character for character."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+
 import polars as pl
 import pytest
 import torch
@@ -17,6 +20,7 @@ from reference import (
     mask_cutter,
     multi_patcher,
     recorder,
+    run_one,
     site_module,
     source_vector,
 )
@@ -49,14 +53,28 @@ def assert_judged(model, pair, row) -> None:
 def thought_patch_hooks(model, pairs, i, spec, site, direction, source, scale, seed, receiver):
     """Hooks writing what `source` defines at the spec's cells of the receiver's forward."""
     targets: dict = {}
+    donor = pairs[i].clean_question if direction == "denoise" else pairs[i].corrupted_question
     for position in spec["positions"]:
         call, token = locate(model, site, position, receiver)
-        vector = source_vector(
-            model, pairs, i, _Spec(spec["layer"]), position, site, direction, source, scale, seed
-        )
+        if source == "donor":  # located in the donor's own loop (CoLaR: its own count)
+            vector = _activation(model, donor, site, spec["layer"], position)
+        else:
+            layer = _Spec(spec["layer"])
+            vector = source_vector(
+                model, pairs, i, layer, position, site, direction, source, scale, seed
+            )
         targets.setdefault(call, []).append((token, vector.float()))
     module = site_module(model, site, spec["layer"])
     return lambda: ([(module, multi_patcher(targets))], [])
+
+
+def _activation(model, question: str, site: str, layer: int, position: str):
+    """One cell's activation in one unpadded hooked forward of `question`."""
+    store: list = []
+    call, token = locate(model, site, position, question)
+    answer = model.answer_ids("1")
+    run_one(model, question, answer, answer, [(site_module(model, site, layer), recorder(store))])
+    return store[call][0, token]
 
 
 class _Spec:
@@ -263,3 +281,61 @@ def test_accuracy_reaches_the_summary_report_and_compare(tmp_path):
     assert "Answer accuracy under intervention" in (finished.path / "summary.md").read_text()
     table = compare_runs(runs[0].path, runs[1].path, tmp_path / "cmp")
     assert set(table["metric"]) == {"correct"}
+
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+
+
+@pytest.mark.parametrize("family", ["pccot", "colar"])
+def test_parallel_and_per_question_loops_answer_as_the_reference(tmp_path, family):
+    """PCCoT (the answer decoded after the prompt it reads) and CoLaR (each question's own
+    number of latents): donor patches' answers equal the cache-free reference's."""
+    models = {
+        "pccot": {
+            "kind": "pccot",
+            "base": str(GOLDEN / "pccot" / "gpt2"),
+            "checkpoint": str(GOLDEN / "pccot" / "whyNLP" / "pccot-gpt2"),
+        },
+        "colar": {
+            "kind": "colar",
+            "base": str(GOLDEN / "colar" / "models" / "llms" / "Llama-3.2-1B-Instruct"),
+            "checkpoint": str(GOLDEN / "colar"),
+            # its tiny policy is chaotic over 64 latents: float32 batching alone moves them
+            "dtype": "float64",
+        },
+    }
+    recipe = write_recipe(
+        tmp_path,
+        model=models[family],
+        patch={"mode": "single", "layers": [0], "positions": [0, "eot"]},
+        metrics={"names": DECODED, "answer_tokens": TOKENS},
+    )
+    prep, finished = run(recipe)
+    model, pairs = prep.model, prep.pairs
+    by_id = {p.id: (i, p) for i, p in enumerate(pairs)}
+    rows = own_rows(finished)
+    assert rows
+    for row in rows:
+        i, pair = by_id[row["pair_id"]]
+        hooks = thought_patch_hooks(
+            model, pairs, i, row, "resid", "denoise", "donor", 1.0, 0, pair.corrupted_question
+        )
+        with _thoughts_of(model, pair.corrupted_question):
+            want = decoded_reference(model, pair.corrupted_question, hooks, TOKENS)
+        assert row["answer"] == want
+        assert_judged(model, pair, row)
+
+
+@contextmanager
+def _thoughts_of(model, question: str):
+    """The module thinking `question`'s own number of thoughts (CoLaR decides per question;
+    the reference's run_one sets it per forward, the decoding reads it too)."""
+    if not hasattr(model, "thoughts_of"):
+        yield
+        return
+    saved = model.module.num_thoughts
+    model.module.num_thoughts = len(model.thoughts_of([question])[0])
+    try:
+        yield
+    finally:
+        model.module.num_thoughts = saved

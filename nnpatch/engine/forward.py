@@ -80,6 +80,7 @@ def run(
     Only `reduce`'s result and the reads leave the trace, never the logits.
     """
     args, kwargs = model.trace_inputs(encoded)
+    answers = model.answers_of(encoded)  # the body references no model adapter (NDIF)
     if asked is not None:  # the question pass ran before the trace
         kwargs = {**kwargs, "asked": asked}
     if remote:  # True: a job on NDIF; "local": serialised as one, run here
@@ -101,9 +102,7 @@ def run(
                     value[op.rows, op.tokens] = op.values
                 else:  # one head's slice of the output projection's input
                     value[op.rows, op.tokens, op.features] = op.values
-        result = tracer.result
-        logits_clean, logits_corrupt = model.answer_logits(result, encoded)
-        decoded = model.decoded_ids(result, encoded)
+        logits_clean, logits_corrupt, decoded = answers(tracer.result)
         out = nnsight.save((reduce(logits_clean, logits_corrupt, decoded), read))
     return out
 

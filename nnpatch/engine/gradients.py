@@ -123,7 +123,7 @@ def _estimate_chunk(engine, pairs, answers, sites, index, steps) -> torch.Tensor
         with mixing, _capturing(model.module, cells) as captured, torch.enable_grad():
             args, kwargs = model.trace_inputs(encoded)
             result = _call(model.module, args, kwargs)
-            logits_clean, logits_corrupt = model.answer_logits(result, encoded)
+            logits_clean, logits_corrupt, _ = model.answers_of(encoded)(result)
             scores = M.score(logits_clean, logits_corrupt, targets)
         missing = [k for k in keys if k not in captured]
         if missing:

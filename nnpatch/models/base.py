@@ -353,13 +353,22 @@ class ThoughtModel(PlacedModule):
     def trace_inputs(self, encoded: Encoded) -> tuple[tuple, dict]:
         return encoded.args(), decode_input(encoded)
 
-    def answer_logits(self, result, encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
-        """The module already returns (clean, corrupted) teacher-forced answer logits."""
-        return result[0], result[1]
+    def answers_of(self, encoded: Encoded) -> ReadAnswers:
+        """What reads a traced forward's result: the module returns (clean, corrupted)
+        teacher-forced answer logits, then the decoded ids when it decoded."""
+        return ReadAnswers(encoded.decode is not None)
 
-    def decoded_ids(self, result, encoded: Encoded) -> torch.Tensor | None:
-        """Each row's greedy answer ids [B, tokens] when the forward decoded them."""
-        return result[2] if encoded.decode is not None else None
+
+@dataclass(frozen=True)
+class ReadAnswers:
+    """(answer logits of the clean and the corrupted answer, decoded ids or None) from a
+    recurrent module's result. Small and free of the model, so a trace body that calls it
+    ships to NDIF as a few bytes (a model adapter would pickle its tokenizer)."""
+
+    decoded: bool
+
+    def __call__(self, result) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return result[0], result[1], result[2] if self.decoded else None
 
 
 def decode_input(encoded: Encoded) -> dict:

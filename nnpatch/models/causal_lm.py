@@ -15,6 +15,8 @@ the same patched activations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -239,17 +241,29 @@ class CausalLM(PlacedModule):
             "decode": encoded.decode,
         }
 
-    def decoded_ids(self, result, encoded: Encoded) -> torch.Tensor | None:
-        return result[1] if encoded.decode is not None else None
-
-    def answer_logits(self, result, encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
-        """Kept logit j predicts answer token j: the answers start at the same column."""
-        logits = result[0] if encoded.decode is not None else result.logits  # [2B, A + 1, V]
-        batch = logits.shape[0] // 2
-        return (
-            logits[:batch, : encoded.clean_answer.shape[1]],
-            logits[batch:, : encoded.corrupt_answer.shape[1]],
+    def answers_of(self, encoded: Encoded) -> SplitAnswers:
+        return SplitAnswers(
+            encoded.clean_answer.shape[1],
+            encoded.corrupt_answer.shape[1],
+            encoded.decode is not None,
         )
+
+
+@dataclass(frozen=True)
+class SplitAnswers:
+    """Both answers' logits from the kept logits of [clean copies; corrupted copies] (kept
+    logit j predicts answer token j: the answers start at the same column), and the decoded
+    ids when the forward decoded. Free of the model: it ships to NDIF as a few bytes."""
+
+    clean_width: int
+    corrupt_width: int
+    decoded: bool
+
+    def __call__(self, result) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        logits = result[0] if self.decoded else result.logits  # [2B, A + 1, V]
+        batch = logits.shape[0] // 2
+        ids = result[1] if self.decoded else None
+        return logits[:batch, : self.clean_width], logits[batch:, : self.corrupt_width], ids
 
 
 def _answer_width(encoded: Encoded) -> int:

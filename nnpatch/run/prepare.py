@@ -23,7 +23,7 @@ from nnpatch.models.text import answer_is
 from nnpatch.pairs import Pair, load_pair_set
 from nnpatch.recipe import Recipe, read_recipe
 from nnpatch.run import batching
-from nnpatch.run.remote import check_remote
+from nnpatch.run.remote import check_remote, ship_code
 
 
 @dataclass
@@ -69,6 +69,8 @@ def prepare(
     mode = mode_for(recipe.patch.mode)
     _check_output(Path(recipe.run.output), source)
     check_remote(recipe, source, mode)
+    if recipe.run.remote:
+        ship_code()
     _check_extras(recipe, source)
     torch.manual_seed(recipe.run.seed)
     clock = time.perf_counter()

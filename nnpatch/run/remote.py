@@ -94,6 +94,19 @@ def check_remote(recipe: Recipe, source: Path, analysis: Mode, status=None) -> N
         )
 
 
+def ship_code() -> None:
+    """Have nnsight send nnpatch's own code with every request, by value.
+
+    A trace body calls nnpatch's functions and holds its small objects (the ops, the
+    answer reader, the metric reducers). NDIF's servers do not have nnpatch installed, and
+    nnsight ships by value only the modules it finds outside site-packages: a pip-installed
+    nnpatch (editable ones too, which register as installed distributions) would otherwise
+    be pickled by reference and fail there with ModuleNotFoundError."""
+    import nnsight
+
+    nnsight.register("nnpatch")  # the package name covers every submodule
+
+
 def _fetch_status() -> dict:
     from nnsight.ndif import _get
 

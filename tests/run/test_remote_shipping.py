@@ -32,9 +32,8 @@ SERVER = textwrap.dedent(
     from nnsight.schema.request import RequestModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     folder = sys.argv[1]
-    model = TransformersModel(
-        AutoModelForCausalLM.from_pretrained(folder), tokenizer=AutoTokenizer.from_pretrained(folder)
-    )
+    lm = AutoModelForCausalLM.from_pretrained(folder)
+    model = TransformersModel(lm, tokenizer=AutoTokenizer.from_pretrained(folder))
     objects = model._remoteable_persistent_objects()
     for blob in sorted(Path(sys.argv[2]).glob("*.bin")):
         RequestModel.deserialize(blob.read_bytes(), objects, compress=False)

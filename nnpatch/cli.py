@@ -434,7 +434,12 @@ class _errors:
 
     def __exit__(self, kind, err, tb) -> bool:
         if isinstance(err, NnpatchError):
-            click.echo(f"Error: {err}", err=True)
+            run_dir = getattr(err, "run_dir", None)
+            then = f"; continue with: nnpatch run --resume {run_dir}"
+            click.echo(
+                f"Error: {err}{then if getattr(err, 'resumable', False) and run_dir else ''}",
+                err=True,
+            )
             sys.exit(err.exit_code)
         if isinstance(err, OSError):
             where = f"{err.filename}: " if err.filename is not None else ""

@@ -48,6 +48,13 @@ class FolderError(NnpatchError):
         return cls(f"{where}: {reason}" + (f"; {then}" if then else ""))
 
 
+class RemoteRunError(NnpatchError):
+    """NDIF refused a request, failed it, timed out or dropped the connection: says which.
+    The rows saved before it stand; the CLI adds how to resume."""
+
+    resumable = True
+
+
 class Terminated(KeyboardInterrupt):
     """A stop signal (SIGTERM, SIGHUP) taken like Ctrl-C: the run is marked interrupted."""
 

@@ -239,6 +239,8 @@ class RunSection(Section):
     wandb: WandbSection | None = None
     # true: every traced forward runs on NDIF; "local": serialised as for NDIF, run here
     remote: bool | Literal["local"] = False
+    # remote = true: the longest wait for one request's answer, in seconds (queue included)
+    remote_timeout: Float = Field(default=900.0, gt=0)
 
     @field_validator("batch_size", mode="before")
     @classmethod

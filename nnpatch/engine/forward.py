@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import nnsight
 import torch
+from nnsight import CONFIG
 
+from nnpatch.engine.ndif import ndif_request
 from nnpatch.models.base import Cell, Encoded
 
 CellKey = tuple  # (layer, position), or (layer, position, head) for one head's features
@@ -73,6 +76,7 @@ def run(
     reduce: Callable,
     asked=None,
     remote: bool | str = False,
+    timeout: float | None = None,
 ):
     """One traced forward: apply the ops, reduce the answer logits (and the decoded answer
     ids, or None) on the device: `reduce(logits_clean, logits_corrupt, decoded)`.
@@ -85,7 +89,8 @@ def run(
         kwargs = {**kwargs, "asked": asked}
     if remote:  # True: a job on NDIF; "local": serialised as one, run here
         kwargs = {**kwargs, "remote": remote}
-    with torch.no_grad(), traced.trace(*args, **kwargs) as tracer:
+    on_ndif = ndif_request(CONFIG.API.HOST, timeout) if remote is True else nullcontext()
+    with on_ndif, torch.no_grad(), traced.trace(*args, **kwargs) as tracer:
         read = {}
         for call in tracer.iter[sorted(by_call)] if by_call else ():
             for op in by_call[call]:

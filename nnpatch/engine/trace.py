@@ -63,8 +63,10 @@ class Engine:
         metric_names: list[str],
         remote: bool | str = False,
         decode_tokens: int = 0,
+        remote_timeout: float | None = None,
     ):
         self.model = model
+        self.remote_timeout = remote_timeout  # seconds a request to NDIF may take
         self.metric_names = metric_names
         # answers decoded per row (at most this many tokens) when a metric reads them
         self.decode_tokens = decode_tokens if M.decodes(metric_names) else 0
@@ -372,7 +374,16 @@ class Engine:
 
     def _run(self, encoded: Encoded, by_call: dict[int, list[Op]], reduce: Callable, asked=None):
         """One traced forward applying the ops; only `reduce`'s result and the reads leave it."""
-        return forward.run(self.traced, self.model, encoded, by_call, reduce, asked, self.remote)
+        return forward.run(
+            self.traced,
+            self.model,
+            encoded,
+            by_call,
+            reduce,
+            asked,
+            self.remote,
+            self.remote_timeout,
+        )
 
 
 def donor_values(baselines: Baselines) -> Written:

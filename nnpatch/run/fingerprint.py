@@ -33,7 +33,7 @@ def recipe_hash(recipe: Recipe) -> str:
     bound. `batch_size = "auto"` hashes as 64, the default
     before it, so runs started then still resume."""
     dumped = recipe.model_dump(mode="json")
-    for key in ("output", "wandb", "max_memory"):
+    for key in ("output", "wandb", "max_memory", "remote_timeout"):
         dumped["run"].pop(key, None)
     for key in UNSET_ADDED_LATER:  # unset, they hash as recipes did before they existed
         if dumped["model"].get(key) is None:

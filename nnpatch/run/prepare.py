@@ -94,6 +94,7 @@ def prepare(
             recipe.metrics.names,
             remote=recipe.run.remote,
             decode_tokens=recipe.metrics.decode_tokens,
+            remote_timeout=recipe.run.remote_timeout,
         )
         answers = engine.answers(pairs)
         check_context(model, pairs, answers)

@@ -74,6 +74,7 @@ class Sweep:
                 self.engine.metric_names,
                 self.engine.remote,
                 self.engine.decode_tokens,
+                self.engine.remote_timeout,
             )
             chunk = self.baseline_chunk or max(1, self.recipe.run.batch_size // 2)
             base = engine.baselines(self.pairs, self.answers, cells, chunk, both_runs)

@@ -11,6 +11,8 @@ recurrent loop around a base model) that NDIF does not host (`Kind.hosted`).
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,17 +83,41 @@ def check_remote(recipe: Recipe, source: Path, analysis: Mode, status=None) -> N
             f"NDIF at {host} is unreachable ({type(err).__name__})",
             "check the network, or run locally",
         ) from None
-    running = {
-        d.get("repo_id") for d in deployments.values() if d.get("application_state") == "RUNNING"
-    }
+    running = running_repos(deployments)
     if model.checkpoint not in running:
-        hosted = ", ".join(sorted(r for r in running if r)[:5]) or "none right now"
+        hosted = ", ".join(sorted(running)[:5]) or "none right now"
+        listed = next(
+            (d for d in deployments.values() if d.get("repo_id") == model.checkpoint), None
+        )
+        state = "" if listed is None else f" (listed, {_state(listed)})"
         raise RecipeError(
             source,
             "model.checkpoint",
-            f"{model.checkpoint} is not running on NDIF (running: {hosted})",
-            "pick a hosted model, or run locally",
+            f"{model.checkpoint} is not running on NDIF{state}; running: {hosted}",
+            "pick a running model, have it deployed first, or run locally",
         )
+
+
+def running_repos(deployments: dict) -> set[str]:
+    """The repo ids NDIF's /status reports running. A deployment names its repo in its
+    `repo_id`, or (ndif 0.1.2's Ray deployments) only in its key, which ends with the
+    model key: the nnsight class path, then the JSON that holds `repo_id`."""
+    running = set()
+    for key, deployment in deployments.items():
+        if deployment.get("application_state") != "RUNNING":
+            continue
+        repo = deployment.get("repo_id")
+        if repo is None and "{" in key:
+            with contextlib.suppress(ValueError, AttributeError):
+                repo = json.loads(key[key.index("{") :]).get("repo_id")
+        if repo:
+            running.add(repo)
+    return running
+
+
+def _state(deployment: dict) -> str:
+    level = deployment.get("deployment_level") or deployment.get("application_state")
+    return f"deployment level {level}" if level else "not running"
 
 
 def ship_code() -> None:

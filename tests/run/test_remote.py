@@ -131,3 +131,43 @@ def test_attribution_is_refused_remotely(tmp_path):
     recipe = _recipe(tmp_path, model={"preset": "tiny-random-gpt2"})
     line = _run(recipe, "--set", "run.remote='local'", "--set", "patch.mode='attribution'")
     assert "patch.mode: attribution takes its gradients with local hooks" in line
+
+
+# /status as NDIF's own server (ndif 0.1.2) answered on loopback: the running Ray deployment
+# names its repo only inside its key; listed models carry a repo_id and a deployment level
+NDIF_012_STATUS = {
+    "deployments": {
+        'e73f9:ModelActor:nnsight.modeling.transformers.TransformersModel:{"repo_id": '
+        '"nnpatch-test/tiny-gpt2", "revision": "main", "task": "text-generation"}': {
+            "application_state": "RUNNING"
+        },
+        "nnpatch-test/tiny-llama": {
+            "deployment_level": "COLD",
+            "repo_id": "nnpatch-test/tiny-llama",
+        },
+        "nnpatch-test/tiny-gpt2": {"deployment_level": "COLD", "repo_id": "nnpatch-test/tiny-gpt2"},
+    }
+}
+
+
+def test_running_models_are_read_from_either_status_layout():
+    """A repo is running when a RUNNING deployment names it, in its repo_id (hosted NDIF) or
+    in its key's model-key JSON (ndif 0.1.2); a listed COLD model is not running."""
+    from nnpatch.run.remote import running_repos
+
+    assert running_repos(NDIF_012_STATUS["deployments"]) == {"nnpatch-test/tiny-gpt2"}
+    hosted = {"a": {"repo_id": "openai-community/gpt2", "application_state": "RUNNING"}}
+    assert running_repos(hosted) == {"openai-community/gpt2"}
+
+
+def test_a_listed_model_that_is_not_running_says_its_state(tmp_path, monkeypatch):
+    """The deployment's state is read before anything runs: a COLD model is named as such."""
+    import nnpatch.run.remote
+
+    monkeypatch.setenv("NDIF_API_KEY", "k")
+    monkeypatch.setattr("nnsight.CONFIG.API.APIKEY", "k")
+    monkeypatch.setattr(nnpatch.run.remote, "_fetch_status", lambda: NDIF_012_STATUS)
+    model = {"kind": "causal_lm", "checkpoint": "nnpatch-test/tiny-llama"}
+    line = _run(_recipe(tmp_path, model=model), "--set", "run.remote=true")
+    assert "nnpatch-test/tiny-llama is not running on NDIF (listed, deployment level COLD)" in line
+    assert "running: nnpatch-test/tiny-gpt2" in line

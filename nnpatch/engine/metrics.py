@@ -101,6 +101,33 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# the references' vocabulary-wide logits a metric reads (the rest read per-row scalars)
+READS_LOGITS = {
+    "kl_to_clean": "clean_logits",
+    "kl_from_corrupt": "corrupt_logits",
+    "l2": "corrupt_logits",
+}
+
+
+def needed(refs: References, names: list[str]) -> References:
+    """The references with only the [rows, vocab] logits the metrics read: a traced forward
+    carries what its body references, and on NDIF each unread one would be 4 × vocab bytes
+    per row sent for nothing."""
+    kept = {READS_LOGITS[name] for name in names if name in READS_LOGITS}
+    empty = refs.clean_logits[:, :0]
+
+    def keep(field: str) -> torch.Tensor:
+        return getattr(refs, field) if field in kept else empty
+
+    return References(
+        keep("clean_logits"),
+        keep("corrupt_logits"),
+        refs.receiver_top1,
+        refs.clean_logit_diff,
+        refs.corrupt_logit_diff,
+    )
+
+
 # read from each row's greedy decoded answer, not from teacher-forced logits: the text, and
 # whether it gives the clean answer (as CODI's evaluation compares) or the corrupted one
 DECODED = ("answer", "correct", "gives_corrupted")

@@ -270,7 +270,7 @@ class Engine:
         side = "corrupted_question" if self.direction == "denoise" else "clean_question"
         encoded, targets = self._encode([getattr(pairs[i], side) for i in index], answers, index)
         refs = _select(baselines.references, torch.tensor(index, device=self.model.device))
-        return encoded, targets, refs
+        return encoded, targets, M.needed(refs, self.metric_names)
 
     def _patch_batch(
         self,

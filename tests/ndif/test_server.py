@@ -7,37 +7,13 @@ the stack up (~40 s), deploys both tiny models (~25-40 s) and holds ~3.5 GB of m
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-
-if os.environ.get("NNPATCH_NDIF") != "1":
-    pytest.skip("set NNPATCH_NDIF=1 to run NDIF's own server on loopback", allow_module_level=True)
-
-from hub_cache import hub_id  # noqa: E402
-from server import Unavailable, ndif_server  # noqa: E402
-from throwaway import installed_throwaway  # noqa: E402
-from venvs import client_python  # noqa: E402
+from hub_cache import hub_id
+from throwaway import installed_throwaway
 
 CLIENT_TRACE = Path(__file__).with_name("client_trace.py")
-
-
-@pytest.fixture(scope="module")
-def ndif():
-    try:
-        with ndif_server(("gpt2", "llama")) as server:
-            yield server
-    except Unavailable as err:
-        pytest.skip(str(err))
-
-
-@pytest.fixture(scope="module")
-def client():
-    try:
-        return client_python()
-    except Unavailable as err:
-        pytest.skip(str(err))
 
 
 def trace(ndif, client, *args) -> dict:

@@ -93,6 +93,34 @@ def client_python() -> Path:
     return build_venv("client", "3.11", CLIENT_PINS)
 
 
+def user_python(wheel: Path) -> Path:
+    """nnpatch as users install it: the built wheel, non-editable, into a venv of its own
+    (the README's torch pin, everything else as pip resolves it); one venv per wheel."""
+    digest = hashlib.sha256(Path(wheel).read_bytes()).hexdigest()[:12]
+    return build_venv(f"user-{digest}", "3.11", [f"torch=={TORCH}", str(wheel)])
+
+
+def build_wheel(checkout: Path, out: Path) -> Path:
+    """The checkout built as a wheel (what `pip install nnpatch` would fetch)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _run(
+        [
+            str(client_python()),
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "-w",
+            str(out),
+            str(checkout),
+        ],
+        "pip wheel nnpatch",
+    )
+    (wheel,) = sorted(out.glob("nnpatch-*.whl"))
+    return wheel
+
+
 def redis_server() -> str:
     """Debian's redis-server, installed with apt-get when missing."""
     exe = shutil.which("redis-server")

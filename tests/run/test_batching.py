@@ -150,11 +150,15 @@ def test_a_resumed_auto_run_cuts_its_rows_as_it_first_did(tmp_path, monkeypatch)
     assert_frame_equal(got, expected, check_exact=False, rtol=0, atol=1e-4)
 
 
-SWEEPS = [  # eval recipes (a list of thought counts) are `nnpatch eval`'s, not sweeps
-    p
-    for p in sorted((ROOT / "recipes").glob("*.toml"))
-    if not isinstance(tomllib.loads(p.read_text())["model"].get("num_thoughts"), list)
-]
+def _sweep_here(path) -> bool:
+    """Eval recipes (a list of thought counts) are `nnpatch eval`'s; remote ones run against
+    NDIF's server in tests/ndif."""
+    recipe = tomllib.loads(path.read_text())
+    counts = recipe["model"].get("num_thoughts")
+    return not isinstance(counts, list) and not recipe.get("run", {}).get("remote")
+
+
+SWEEPS = [p for p in sorted((ROOT / "recipes").glob("*.toml")) if _sweep_here(p)]
 
 
 @pytest.mark.parametrize("recipe", SWEEPS, ids=lambda p: p.stem)

@@ -127,10 +127,18 @@ def test_manifest_records_the_remote_mode(tmp_path):
     assert pl.read_parquet(manifest.parent / "results.parquet").height > 0
 
 
-def test_attribution_is_refused_remotely(tmp_path):
+@pytest.mark.parametrize(
+    ("mode", "why"),
+    [
+        ("attribution", "attribution takes its gradients with local hooks"),
+        ("lens", "the lens applies the model's final norm and head on this machine"),
+    ],
+)
+def test_modes_that_need_local_weights_are_refused_remotely(tmp_path, mode, why):
+    """Modes that read the weights here cannot run on NDIF: one line says why."""
     recipe = _recipe(tmp_path, model={"preset": "tiny-random-gpt2"})
-    line = _run(recipe, "--set", "run.remote='local'", "--set", "patch.mode='attribution'")
-    assert "patch.mode: attribution takes its gradients with local hooks" in line
+    line = _run(recipe, "--set", "run.remote='local'", "--set", f"patch.mode='{mode}'")
+    assert f"patch.mode: {why}" in line
 
 
 # /status as NDIF's own server (ndif 0.1.2) answered on loopback: the running Ray deployment

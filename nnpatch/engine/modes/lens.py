@@ -49,6 +49,10 @@ class Lens(Mode):
     sized_by_memory = False
     compare_refusal = "its rows are readouts of the unpatched runs, not effects of a patch"
     decode_refusal = "it reads the unpatched runs' cells through the head, not their answers"
+    remote_refusal = (
+        "the lens applies the model's final norm and head on this machine, and a remote "
+        "model's weights stay on NDIF (mode record exports the activations from there)"
+    )
 
     def plan(self, patch, shape, source) -> list[PatchSpec]:
         check_site(patch, shape, source)

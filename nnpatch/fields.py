@@ -67,9 +67,13 @@ Window = Annotated[list[Layer], Field(min_length=1), AfterValidator(_ascending)]
 class PatchCommon(Section):
     """The [patch] fields of the modes that copy activations: where, and which way."""
 
+    # resid: a decoder layer's output; attn / mlp: a sub-block's; thought: the latent fed back
     site: Literal["resid", "attn", "mlp", "thought"] = "resid"
+    # the layers read or patched: all, or a list such as [0, 3]
     layers: Layers = "all"
+    # thoughts 0..K-1 (plain LMs: span token indices); a list may name bot and eot
     positions: Positions = "all"
+    # denoise: clean activations into the corrupted run; noise: corrupted into the clean run
     direction: Literal["denoise", "noise"] = "denoise"
     # noise floor: the same cells patched from a mismatched pair (seeded derangement)
     control: Literal["random-donor", "none"] = "random-donor"

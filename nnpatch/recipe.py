@@ -32,11 +32,16 @@ DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 class ModelSection(Section):
+    """The model: a preset, or a kind of checkpoint and where its files are."""
+
+    # a built-in model (toy-codi, tiny-random-*), instead of kind and checkpoint
     preset: str | None = Field(default=None, json_schema_extra={"examples": list(PRESETS)})
+    # the checkpoint's family; unset for a local folder: the one kind its files fit
     kind: Literal[tuple(KINDS)] | None = None  # type: ignore[valid-type]
     checkpoint: PathText | None = None  # a folder, or a Hugging Face hub id
+    # codi, coconut, pccot, colar: the base model's config and tokenizer (a folder or hub id)
     base: PathText | None = None
-    revision: Text | None = None
+    revision: Text | None = None  # the hub revision (branch, tag or commit) of a hub id
     # a list (0 allowed) is for `nnpatch eval`: accuracy for each number of thoughts
     num_thoughts: (
         Annotated[Int, Field(ge=1, le=64)]
@@ -45,7 +50,7 @@ class ModelSection(Section):
         ]
         | None
     ) = None
-    prj_dim: Int | None = Field(default=None, ge=1)
+    prj_dim: Int | None = Field(default=None, ge=1)  # codi: inferred from prj.1.weight when unset
     # codi: whether the checkpoint has CODI's projection (use_prj); false feeds each final
     # hidden state back as it is. Stated, never guessed: a file lacking prj.* is an error
     projection: bool | None = None
@@ -58,16 +63,18 @@ class ModelSection(Section):
     # token, and eot); "verbalized" writes its chain of thought after bot until eot, and
     # thought t is the t-th token it wrote
     thinking: Literal["latent", "direct", "verbalized"] | None = None
-    lora_r: Int | None = Field(default=None, ge=1)
-    lora_alpha: Float = Field(default=32, gt=0)
+    lora_r: Int | None = Field(default=None, ge=1)  # codi: checked against the LoRA tensors
+    lora_alpha: Float = Field(default=32, gt=0)  # codi: the LoRA merge scale is lora_alpha / r
     answer_prefix: str | None = None  # causal_lm: text before the answer (default "The answer is:")
     # codi: how the checkpoint was trained to read a question (Cywiński et al.'s
     # remove_eos and answer_only): an eos between the question and the thought token, and
     # "answer-only": the question asks for the bare answer, which follows eot directly
     eos_before_thought: bool | None = None
+    # codi: "answer-only" for Cywiński et al.'s answer-only checkpoints (see above)
     prompt: Literal["codi", "answer-only"] | None = None
+    # the weights' dtype; float64 also merges LoRA in float64 (exact comparisons)
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda or cuda:N
 
     @field_validator("device")
     @classmethod
@@ -139,12 +146,14 @@ KIND_FIELDS = {
 
 
 class DataSection(Section):
+    """The clean/corrupted pairs."""
+
     # a JSONL file, a built-in set, or a generator ("gsm8k")
     pairs: PathText = Field(json_schema_extra={"examples": [*BUILTIN_SETS, *GENERATORS]})
     source: PathText | None = None  # the generator's input file (gsm8k: a GSM8K JSONL file)
     seed: Seed = 0  # the generator's seed
     span_markers: tuple[Text, Text] = ("[[", "]]")  # causal_lm: the patched span in each prompt
-    limit: Int | None = Field(default=None, ge=1)
+    limit: Int | None = Field(default=None, ge=1)  # the first N pairs (kept ones, with a filter)
 
     @field_validator("span_markers")
     @classmethod
@@ -170,6 +179,8 @@ KNOWN_METRICS = (*METRICS, *DECODED)
 
 
 class MetricsSection(Section):
+    """What each patched row measures."""
+
     # logit metrics (teacher-forced at the answer position), and the decoded answer's:
     # `answer` (the text written greedily after the patched thoughts), `correct` (it gives
     # the clean answer), `gives_corrupted` (it gives the corrupted one)
@@ -213,20 +224,24 @@ class MetricsSection(Section):
 
 
 class WandbSection(Section):
-    project: Text
-    entity: Text | None = None
+    """One Weights & Biases run per nnpatch run."""
+
+    project: Text  # the W&B project
+    entity: Text | None = None  # the W&B entity (team or user); unset: your default
     # offline: files in the run folder's wandb/, `wandb sync` uploads them later
     mode: Literal["online", "offline"] = "online"
 
 
 class RunSection(Section):
+    """How the run runs: batches, memory, outputs, remote execution."""
+
     # patched rows per traced forward; "auto": sized from a measured peak per row
     batch_size: Annotated[Int, Field(ge=1, le=65536)] | Literal["auto"] = "auto"
     # the memory budget "auto" fills, e.g. "40GiB" (default: 90% of the free GPU memory,
     # half the machine's available memory on the CPU)
     max_memory: int | str | None = None
-    output: PathText = "outputs"
-    seed: Seed = 0
+    output: PathText = "outputs"  # where run folders go: <output>/<name>/<time>_<id>/
+    seed: Seed = 0  # seeds the controls' derangement, random sources and bootstraps
     # full: report.html and every chart as HTML and PNG; html: no PNGs; none: tables only
     # (`nnpatch report RUN_DIR` draws the report later)
     report: Literal["full", "html", "none"] = "full"
@@ -265,19 +280,24 @@ class RunSection(Section):
 
 
 class StatsSection(Section):
+    """The statistics stage."""
+
     # the false discovery rate `differs_from_control_fdr` controls (Benjamini-Hochberg,
     # over a run's cells of one metric)
     fdr: Float = Field(default=0.05, gt=0, lt=1)
 
 
 class Recipe(Section):
+    """A recipe file's top level: its name and tables."""
+
+    # the run's name: run folders go to <run.output>/<name>/
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    model: ModelSection
-    data: DataSection
-    patch: Patch
-    metrics: MetricsSection = MetricsSection()
-    run: RunSection = RunSection()
-    stats: StatsSection = StatsSection()
+    model: ModelSection  # [model]: see below
+    data: DataSection  # [data]
+    patch: Patch  # [patch]: its fields depend on patch.mode (below)
+    metrics: MetricsSection = MetricsSection()  # [metrics]
+    run: RunSection = RunSection()  # [run]
+    stats: StatsSection = StatsSection()  # [stats]
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

@@ -134,6 +134,22 @@ DECODED = ("answer", "correct", "gives_corrupted")
 TEXT = "answer"  # the one metric that is text, not a number
 
 
+# what each metric column holds (the docs' columns page is written from these)
+DEFINITIONS = {
+    "logit_diff": "logit(clean token) - logit(corrupted token) at the answer position",
+    "recovery": "(ld - ld_corrupt) / (ld_clean - ld_corrupt): 0 = corrupted run, 1 = clean run; "
+    "NaN where the two runs' gap is below 1e-6",
+    "logprob_diff": "log P(clean answer) - log P(corrupted answer), whole answer",
+    "kl_to_clean": "KL(P_clean || P_patched) at the answer position",
+    "kl_from_corrupt": "KL(P_patched || P_corrupt) at the answer position",
+    "l2": "||logits_patched - logits_corrupt||_2 at the answer position",
+    "top1_changed": "1 if the top token differs from the unpatched receiver run's",
+    "answer": "the greedy decoded answer's text (a string)",
+    "correct": "1 if the decoded answer gives the clean answer, read as the family reads it",
+    "gives_corrupted": "1 if the decoded answer gives the corrupted answer",
+}
+
+
 def scored(names: list[str]) -> list[str]:
     """The metrics read from the answer logits."""
     return [name for name in names if name in METRICS]

@@ -49,6 +49,28 @@ TYPES = {
     "differs_from_control_fdr": pl.Boolean,
 }
 FDR = 0.05  # the default false discovery rate (recipe `stats.fdr`)
+# summary.parquet's columns after the cell's keys (CELL_KEYS), for the docs' columns page
+SUMMARY_COLUMNS = {
+    **{key: "the cell: how its rows were made and where they patch" for key in CELL_KEYS},
+    "metric": "the metric summarised",
+    "n": "pairs with a finite value",
+    "mean": "the mean over pairs (for correct and gives_corrupted: the accuracy)",
+    "sem": "its standard error",
+    "ci95_low": "95% CI: percentile bootstrap over pairs; Wilson for correct / gives_corrupted",
+    "ci95_high": "its upper end",
+    "control_mean": "the control rows' mean (same cells from a mismatched pair)",
+    "control_ci95_low": "the control's CI",
+    "control_ci95_high": "its upper end",
+    "diff_ci95_low": "bootstrap CI of (patched - control), paired by pair",
+    "diff_ci95_high": "its upper end",
+    "differs_from_control": "that CI excludes zero (uncorrected; null when it has no width)",
+    "p_value": "bootstrap p-value of the paired difference",
+    "nonfinite_pairs": "pairs left out for a non-finite value",
+    "q_value": "Benjamini-Hochberg q-value over the run's cells of the metric",
+    "differs_from_control_fdr": "q_value <= stats.fdr",
+    "clean_run_mean": "decoded metrics: the unpatched clean run's value (mean over pairs)",
+    "corrupted_run_mean": "decoded metrics: the unpatched corrupted run's value",
+}
 
 
 def summarize(

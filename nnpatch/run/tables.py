@@ -11,6 +11,51 @@ import torch
 from nnpatch.engine.trace import Row
 from nnpatch.pairs import Pair
 
+# results.parquet's columns before the metrics: type and meaning (one source for the table
+# and for the docs' columns page)
+RESULT_COLUMNS = {
+    "pair_id": (pl.String, "the pair (receiver) the row patches into"),
+    "mode": (pl.String, "the analysis mode"),
+    "site": (pl.String, "resid, attn, mlp, head or thought"),
+    "direction": (pl.String, "denoise (clean into corrupted) or noise; knockout: the run cut"),
+    "layer": (pl.Int64, "the layer patched (null for site thought)"),
+    "position": (pl.String, "the one position of a single-position row, else null"),
+    "positions": (pl.List(pl.String), "every position the row patches"),
+    "head": (pl.Int64, "the query head (site head), else null"),
+    "source": (pl.String, "what the row writes: donor, mean, zero, random or steer"),
+    "scale": (pl.Float64, "source steer's scale, else null"),
+    "token_index": (pl.Int64, "a single-position row's token index in the receiver's sequence"),
+    "token": (pl.String, "that token's text"),
+    "token_indices": (pl.List(pl.Int64), "each patched position's token index"),
+    "tokens": (pl.List(pl.String), "each patched position's token text"),
+    "control": (pl.Boolean, "a control row: the same cells written from a mismatched pair"),
+    "donor_id": (pl.String, "the pair whose run was copied"),
+}
+# columns some modes add to results.parquet
+MODE_RESULT_COLUMNS = {
+    "layers": "knockout: the window of layers cut (e.g. 0-3)",
+    "queries": "knockout: the queries cut (answer, or thought labels)",
+    "effect": "mediation: total, direct or indirect",
+}
+FLAG_COLUMNS = {
+    "nonfinite": "some metric of the row is NaN or inf",
+    "estimate": "attribution's estimated rows (not patched)",
+}
+# baselines.parquet: one row per pair (<metric> stands for each metric the run measures)
+BASELINE_COLUMNS = {
+    "pair_id": "the pair",
+    "clean_answer": "its clean answer, as the pair file gives it",
+    "corrupted_answer": "its corrupted answer",
+    "diff_index": "the answer token where the two answers first differ",
+    "clean_top1_is_clean_answer": "the unpatched clean run's top token is the clean answer's",
+    "corrupted_top1_is_corrupted_answer": "the same for the corrupted run",
+    "span_tokens": "plain LMs: the pair's span length (null for thought models)",
+    "clean_decoded": "with decoded metrics: the clean run's greedy answer",
+    "corrupted_decoded": "with decoded metrics: the corrupted run's greedy answer",
+    "clean_<metric>": "each metric of the unpatched clean run",
+    "corrupted_<metric>": "each metric of the unpatched corrupted run",
+}
+
 
 @dataclass(frozen=True)
 class Facets:
@@ -68,24 +113,7 @@ def results_table(
         "control": [p != d for _, p, d in rows],
         "donor_id": [pairs[d].id for _, _, d in rows],
     }
-    schema = {
-        "pair_id": pl.String,
-        "mode": pl.String,
-        "site": pl.String,
-        "direction": pl.String,
-        "layer": pl.Int64,
-        "position": pl.String,
-        "positions": pl.List(pl.String),
-        "head": pl.Int64,
-        "source": pl.String,
-        "scale": pl.Float64,
-        "token_index": pl.Int64,
-        "token": pl.String,
-        "token_indices": pl.List(pl.Int64),
-        "tokens": pl.List(pl.String),
-        "control": pl.Boolean,
-        "donor_id": pl.String,
-    }
+    schema = {name: dtype for name, (dtype, _) in RESULT_COLUMNS.items()}
     frame = pl.DataFrame(columns, schema=schema)
     metrics = pl.DataFrame(values.double().numpy(), schema=names, orient="row")
     if texts is not None:

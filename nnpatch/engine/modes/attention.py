@@ -59,7 +59,10 @@ class AttentionPatch(Section):
     """Attention probabilities from query positions to every key, per layer and head."""
 
     mode: Literal["attention"]
+    # the layers read or patched: all, or a list such as [0, 3]
     layers: Layers = "all"
+    # the query positions read: thoughts, "bot", "eot", "answer" (the token whose logits
+    # predict the answer); all: every thought, eot and answer
     queries: (
         Literal["all"]
         | Annotated[
@@ -68,11 +71,12 @@ class AttentionPatch(Section):
             distinct("a query"),
         ]
     ) = "all"
+    # every query head, or a list (grouped-query attention: each query head has its own)
     heads: (
         Literal["all"]
         | Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1), distinct("a head")]
     ) = "all"
-    runs: Runs = ["clean", "corrupted"]
+    runs: Runs = ["clean", "corrupted"]  # which runs of each pair are read
 
     @property
     def site(self) -> str:

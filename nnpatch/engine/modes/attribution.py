@@ -33,11 +33,13 @@ class AttributionPatch(PatchCommon):
 
     mode: Literal["attribution"]
     site: Site | Annotated[list[Site], Field(min_length=1)] = "resid"
+    # each site's strongest estimated cells re-run exactly (mode single rows)
     verify_top: Int = Field(default=10, ge=0)
     control: Literal["none"] = "none"  # estimates have no random-donor control
     # atp: the gradient at the receiver run; ig: averaged over ig_steps points on the line
     # to the donor's activations (integrated gradients), ig_steps forward+backward passes
     estimator: Literal["atp", "ig"] = "atp"
+    # estimator ig: steps from the receiver's activation to the donor's
     ig_steps: Int = Field(default=5, ge=1, le=256)
 
     @property

@@ -53,9 +53,11 @@ class KnockoutPatch(Section):
     model_config = {**Section.model_config, "populate_by_name": True}
 
     mode: Literal["knockout"]
+    # the queries cut: "answer" (eot, the prefix, the answer, decoded tokens) or thoughts
     queries: (
         Literal["answer"] | Annotated[list[Int], Field(min_length=1), distinct("a thought")]
     ) = Field(default="answer", alias="from")
+    # the key positions cut from them (bot and thoughts), each its own row
     to: (
         Annotated[
             list[Annotated[Position, Field(union_mode="left_to_right")]],
@@ -64,9 +66,10 @@ class KnockoutPatch(Section):
         ]
         | Literal["all"]
     ) = "all"
-    layers: Layers = "all"
+    layers: Layers = "all"  # each listed layer cut alone
+    # instead of layers: windows of layers cut together, e.g. [[0, 1, 2, 3]]
     layer_groups: Annotated[list[Window], Field(min_length=1)] | None = None
-    run: Literal["clean", "corrupted"] = "clean"
+    run: Literal["clean", "corrupted"] = "clean"  # the run knocked out
 
     @property
     def site(self) -> str:

@@ -37,10 +37,12 @@ class LensPatch(Section):
     """Every cell read through the final norm and LM head, in both runs of every pair."""
 
     mode: Literal["lens"]
-    site: Literal["resid", "thought"] = "resid"
+    site: Literal["resid", "thought"] = "resid"  # resid: layer outputs; thought: the latents
+    # the layers read or patched: all, or a list such as [0, 3]
     layers: Layers = "all"
+    # thoughts 0..K-1 (plain LMs: span token indices); a list may name bot and eot
     positions: Positions = "all"
-    top_k: Int = Field(default=5, ge=1, le=100)
+    top_k: Int = Field(default=5, ge=1, le=100)  # tokens kept per cell in lens.parquet
 
 
 class Lens(Mode):

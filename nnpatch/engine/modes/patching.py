@@ -47,10 +47,15 @@ class PatchingSection(PatchCommon):
     """Where and which way to patch, and what to write. `site`, `direction` and `source`
     take one value or a list: every combination runs, in one run folder."""
 
+    # where: resid, attn, mlp, head (one attention head's slice) or thought; a list: a grid
     site: Site | Annotated[list[Site], Field(min_length=1)] = "resid"
+    # denoise: clean into corrupted; noise: corrupted into clean; a list: both, one folder
     direction: Direction | Annotated[list[Direction], Field(min_length=1)] = "denoise"
+    # what is written: the pair's other run (donor), the mean over the other pairs, zeros, a
+    # random vector of the activation's norm, or steer (see scale); a list: each in turn
     source: Source | Annotated[list[Source], Field(min_length=1)] = "donor"
     scale: Float = 1.0  # source "steer": receiver + scale × (mean clean − mean corrupted)
+    # site head only: every query head, or a list such as [0, 5]
     heads: (
         Literal["all"]
         | Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1), distinct("a head")]
@@ -95,6 +100,7 @@ class SetsPatch(PatchingSection):
     """Explicit position sets at one layer per row."""
 
     mode: Literal["sets"]
+    # each listed set of positions is patched together, at each layer
     sets: list[list[Annotated[Position, Field(union_mode="left_to_right")]]] = Field(min_length=1)
 
     @field_validator("sets")

@@ -31,8 +31,10 @@ class RecordPatch(Section):
     """Every cell's activation, both runs of every pair, written to activations.safetensors."""
 
     mode: Literal["record"]
-    site: Literal["resid", "attn", "mlp", "thought"] = "resid"
+    site: Literal["resid", "attn", "mlp", "thought"] = "resid"  # the activations exported
+    # the layers read or patched: all, or a list such as [0, 3]
     layers: Layers = "all"
+    # thoughts 0..K-1 (plain LMs: span token indices); a list may name bot and eot
     positions: Positions = "all"
 
 

@@ -361,7 +361,10 @@ def validate_recipe(raw: dict[str, Any], path: str | Path = "<recipe>") -> Recip
         problem = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             problem = "unknown key"
-            fix = "remove it or check its spelling against the README's recipe reference"
+            fix = (
+                "remove it or check its spelling against the recipe reference "
+                "(docs/reference/recipe.md)"
+            )
         elif first["type"] in ("missing", "union_tag_not_found"):
             field = f"{field}.mode" if first["type"] == "union_tag_not_found" else field
             problem, fix = "Field required", "add it"

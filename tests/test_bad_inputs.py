@@ -108,7 +108,7 @@ def recipe_cases(tmp: Path, base: str) -> list[Case]:
             "unknown top-level key",
             ["run", file(tmp, "top.toml", f"colour = 1\n{Path(base).read_text()}")],
             f"{tmp}/top.toml: colour: unknown key; remove it or check its spelling against "
-            "the README's recipe reference",
+            "the recipe reference (docs/reference/recipe.md)",
         ),
         Case(
             "name escaping the output",
@@ -128,7 +128,7 @@ def recipe_cases(tmp: Path, base: str) -> list[Case]:
                 f"unknown key in [{section}]",
                 [*run, f"{section}.colour=1"],
                 b + f"{section}.colour: unknown key; remove it or check its spelling against "
-                "the README's recipe reference",
+                "the recipe reference (docs/reference/recipe.md)",
             )
         )
     # every integer field refuses booleans, fractions and text
@@ -1024,7 +1024,7 @@ EXPECTED: dict[str, str] = {
     "unknown position": "{tmp}/base.toml: patch.positions: Input should be 'bot' or 'eot'; got 'first'",
     "position listed twice": "{tmp}/base.toml: patch.positions: a position is listed twice; list each once; got [0, 0]",
     "a position twice in one set": "{tmp}/base.toml: patch.sets.0: a position is listed twice; list each once",
-    "sets without mode sets": "{tmp}/base.toml: patch.sets: unknown key; remove it or check its spelling against the README's recipe reference",
+    "sets without mode sets": "{tmp}/base.toml: patch.sets: unknown key; remove it or check its spelling against the recipe reference (docs/reference/recipe.md)",
     "bot on the thought site": "{tmp}/base.toml: patch.positions: site 'thought' has only thought positions, not 'bot'; drop bot/eot or use site 'resid'",
     "layers on the thought site": "{tmp}/base.toml: patch.layers: site 'thought' is the thought input embedding and has no layers; remove patch.layers",
     "validate: unknown metric": "{tmp}/base.toml: metrics.names: unknown metric 'l3'; known: logit_diff, recovery, logprob_diff, kl_to_clean, kl_from_corrupt, l2, top1_changed, answer, correct, gives_corrupted; got ['l3']",
@@ -1136,9 +1136,9 @@ EXPECTED: dict[str, str] = {
     "a model folder that asks for its own code": "{tmp}/sweep.toml: model.checkpoint: {tmp}/remote-code/config.json asks for custom code (auto_map); nnpatch never runs code from a model folder: use a model of a standard transformers architecture",
     "a corrupt tokenizer": "{tmp}/sweep.toml: model.checkpoint: {tmp}/bad-tokenizer: cannot load its tokenizer (Expecting ',' delimiter: line 1 column 44 (char 43))",
     "the lens on the attn site": "{tmp}/base.toml: patch.site: Input should be 'resid' or 'thought'; got 'attn'",
-    "a direction on the lens": "{tmp}/base.toml: patch.direction: unknown key; remove it or check its spelling against the README's recipe reference",
+    "a direction on the lens": "{tmp}/base.toml: patch.direction: unknown key; remove it or check its spelling against the recipe reference (docs/reference/recipe.md)",
     "top_k zero": "{tmp}/base.toml: patch.top_k: Input should be greater than or equal to 1; got 0",
-    "top_k on patching": "{tmp}/base.toml: patch.top_k: unknown key; remove it or check its spelling against the README's recipe reference",
+    "top_k on patching": "{tmp}/base.toml: patch.top_k: unknown key; remove it or check its spelling against the recipe reference (docs/reference/recipe.md)",
     "max_export not a size": "{tmp}/base.toml: run.max_export: write a size such as 2GiB, 512MiB, 1.5GB or a number of bytes; got 'lots'",
     "max_export zero": "{tmp}/base.toml: run.max_export: write a size such as 2GiB, 512MiB, 1.5GB or a number of bytes; got 0",
     "an export over the limit": "{tmp}/base.toml: run.max_export: the export would be 36.0 KiB (144 activations of 64 float32 values), more than 1.0 KiB; raise run.max_export, or narrow patch.layers, patch.positions or data.limit",
@@ -1156,7 +1156,7 @@ EXPECTED: dict[str, str] = {
     "the mean of one pair": "{tmp}/base.toml: patch.source: 'mean' averages the other pairs' activations and this run has 1 pair; use more pairs, or another source",
     "steer scale as text": "{tmp}/base.toml: patch.scale: Input should be a valid number; got '2'",
     "head site on the lens": "{tmp}/base.toml: patch.site: Input should be 'resid' or 'thought'; got 'head'",
-    "sets on subsets": "{tmp}/base.toml: patch.sets: unknown key; remove it or check its spelling against the README's recipe reference",
+    "sets on subsets": "{tmp}/base.toml: patch.sets: unknown key; remove it or check its spelling against the recipe reference (docs/reference/recipe.md)",
     "subsets over max_rows": "{tmp}/base.toml: run.max_rows: the plan has 1,512 rows (3 pairs), more than run.max_rows = 10; raise run.max_rows, or narrow patch.layers, patch.positions or data.limit",
     "a grid over max_rows": "{tmp}/base.toml: run.max_rows: the plan has 288 rows (3 pairs), more than run.max_rows = 5; raise run.max_rows, or narrow patch.layers, patch.positions or data.limit",
     "max_rows zero": "{tmp}/base.toml: run.max_rows: Input should be greater than or equal to 1; got 0",
@@ -1166,7 +1166,7 @@ EXPECTED: dict[str, str] = {
     "fdr as text": "{tmp}/base.toml: stats.fdr: Input should be a valid number; got '5%'",
     "mediation on a plain LM": "{tmp}/base.toml: patch.mode: mediation follows a thought loop and tiny-random-gpt2 has none (a plain LM); use a continuous-thought model (`nnpatch models` lists them)",
     "mediation at the attn site": "{tmp}/base.toml: patch.site: Input should be 'resid' or 'thought'; got 'attn'",
-    "a source on mediation": "{tmp}/base.toml: patch.source: unknown key; remove it or check its spelling against the README's recipe reference",
+    "a source on mediation": "{tmp}/base.toml: patch.source: unknown key; remove it or check its spelling against the recipe reference (docs/reference/recipe.md)",
     "knockout to eot": "{tmp}/base.toml: patch.to: eot is a query of the answer, not a key before it; drop eot",
     "knockout to a later key": "{tmp}/base.toml: patch.to: key '2' comes after query thought '1': a query never attends a later position, so the cut would change nothing; list keys at or before the earliest query",
     "knockout windows and layers": "{tmp}/base.toml: patch.layer_groups: is given with patch.layers; give one of the two",
@@ -1190,7 +1190,7 @@ EXPECTED: dict[str, str] = {
     "knockout from the question": "{tmp}/base.toml: patch.from: Input should be 'answer'; got 'question'",
     "knockout to nothing": "{tmp}/base.toml: patch.to: List should have at least 1 item after validation, not 0; got []",
     "knockout of both runs": "{tmp}/base.toml: patch.run: Input should be 'clean' or 'corrupted'; got 'both'",
-    "a direction on knockout": "{tmp}/base.toml: patch.direction: unknown key; remove it or check its spelling against the README's recipe reference",
+    "a direction on knockout": "{tmp}/base.toml: patch.direction: unknown key; remove it or check its spelling against the recipe reference (docs/reference/recipe.md)",
     "knockout on a plain LM": "{tmp}/base.toml: patch.mode: knockout cuts attention inside a thought loop and tiny-random-gpt2 has none; use a continuous-thought model (`nnpatch models` lists them)",
     "knockout from a thought out of range": "{tmp}/base.toml: patch.from: thought position 99 is out of range for tiny-random-codi (thoughts 0..5); use 0..5",
 }

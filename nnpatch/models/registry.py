@@ -1,6 +1,6 @@
 """Known continuous-thought releases by hub id: `model.checkpoint = "<hub id>"` alone names
 the loader, the base model and the settings the authors ran it with (each still overridable
-in the recipe). Facts are from the authors' training and test scripts (see the README's
+in the recipe). Facts are from the authors' training and test scripts (see docs/models.md's
 table of families); releases whose family nnpatch cannot load yet are listed with why, so a
 recipe naming one is told so in one line instead of failing on the files.
 

@@ -39,7 +39,7 @@ MODE_RESULT_COLUMNS = {
 }
 FLAG_COLUMNS = {
     "nonfinite": "some metric of the row is NaN or inf",
-    "estimate": "attribution's estimated rows (not patched)",
+    "estimate": "rows estimated from gradients (mode attribution), not patched",
 }
 # baselines.parquet: one row per pair (<metric> stands for each metric the run measures)
 BASELINE_COLUMNS = {

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-import sys
-from contextlib import contextmanager
-
 import click
 
 from nnpatch import __version__
-from nnpatch.errors import NnpatchError, Terminated
+from nnpatch.cli_errors import OneLineGroup, errors, stop_signals
 from nnpatch.run.progress import progress_bar as _progress  # tests stand in for it here
 
 SET_OPTION = click.option(
@@ -30,51 +26,6 @@ Example:
 Rows are saved as batches finish; a run stopped by Ctrl-C, a kill or a crash continues
 with --resume, which refuses if the recipe, the model's weights or the pairs changed.
 """
-
-
-class OneLineGroup(click.Group):
-    """A usage error is one `Error:` line and exit 2, like every other nnpatch error (click
-    would print the usage and a hint around it).
-
-    Other libraries' warnings, from their imports on, are held back while a command runs:
-    dropped when it is refused or stopped (its one line is all it says), shown once each
-    after it succeeds (a `warning:` line naming the library), and shown before the
-    traceback of an unexpected failure, which they may explain."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        from nnpatch.held_back import held_back, nothing_held, shown
-
-        argv = sys.argv[1:] if args is None else list(args)
-        asks_help = not argv or {"-h", "--help", "--version"} & set(argv)
-        with nothing_held() if asks_help else held_back() as held:
-            try:
-                code = self._one_line(args, prog_name, complete_var, **extra)
-            except SystemExit as stop:
-                if stop.code in (0, None):  # a command that ends itself as a success
-                    _warn(shown(held))
-                raise
-            except BaseException:
-                _warn(shown(held))
-                raise
-        _warn(shown(held))
-        if standalone_mode:
-            sys.exit(code if isinstance(code, int) else 0)
-        return code
-
-    def _one_line(self, args, prog_name, complete_var, **extra):
-        try:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.ClickException as err:
-            click.echo(f"Error: {err.format_message()}", err=True)
-            sys.exit(err.exit_code)
-        except click.exceptions.Abort:
-            click.echo("Error: interrupted", err=True)
-            sys.exit(130)
-
-
-def _warn(lines: list[str]) -> None:
-    for line in lines:
-        click.echo(f"warning: {line}", err=True)
 
 
 @click.group(
@@ -122,7 +73,7 @@ def run(
         overrides = (*overrides, "run.remote=true")
     if resume_dir is not None and (overrides or limit is not None or out):
         raise click.UsageError("--resume takes the recipe, overrides and output of the run")
-    with _errors(), _stop_signals():
+    with errors(), stop_signals():
         resume = None
         if resume_dir is not None:
             manifest, recipe, recorded = resume_source(Path(resume_dir))
@@ -156,7 +107,7 @@ def record(recipe: str, overrides: tuple[str, ...], limit: int | None, out: str 
     from nnpatch.recipe import record_override
     from nnpatch.run.prepare import prepare
 
-    with _errors(), _stop_signals():
+    with errors(), stop_signals():
         as_record = record_override(recipe)
         _execute(prepare(recipe, [as_record, *overrides], limit, out), None)
 
@@ -202,7 +153,7 @@ def evaluate(recipe: str, overrides: tuple[str, ...]) -> None:
     from nnpatch.evaluate import evaluate as run_eval
     from nnpatch.evaluate import screen_lines
 
-    with _errors(), _stop_signals():
+    with errors(), stop_signals():
         for line in screen_lines(run_eval(recipe, list(overrides), _progress)):
             click.echo(line)
 
@@ -218,7 +169,7 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
     """
     from nnpatch.run.prepare import check
 
-    with _errors():
+    with errors():
         checked = check(recipe, list(overrides))
         patch = checked.recipe.patch
         plan = "" if checked.plan is None else f", {len(checked.plan)} patches per pair"
@@ -239,7 +190,7 @@ def inspect(recipe: str, overrides: tuple[str, ...]) -> None:
     from nnpatch.models.describe import describe
     from nnpatch.recipe import load_recipe
 
-    with _errors():
+    with errors():
         loaded = load_recipe(recipe, list(overrides))
         description = describe(loaded, recipe)
         click.echo(
@@ -255,7 +206,7 @@ def report(run_dir: str) -> None:
     """Re-render a finished RUN_DIR's charts, report.html and summary.md from its tables."""
     from nnpatch.report.page import render
 
-    with _errors():
+    with errors():
         rendered = render(run_dir)
         click.echo(
             f"{run_dir}: wrote {len(rendered.files)} files (report.html, summary.md, charts/)"
@@ -289,7 +240,7 @@ def probe(run_dir: str, folds: int, seed: int) -> None:
     from nnpatch.probe import probe_run
     from nnpatch.probe.report import summary_lines
 
-    with _errors():
+    with errors():
         for line in summary_lines(probe_run(run_dir, folds, seed)):
             click.echo(line)
 
@@ -311,7 +262,7 @@ def compare(run_a: str, run_b: str, out: str | None, seed: int) -> None:
 
     from nnpatch.report.compare import compare_runs
 
-    with _errors():
+    with errors():
         target = (
             Path(out)
             if out
@@ -392,7 +343,7 @@ def pairs_gsm8k(input_path: str, out_path: str, out_format: str, n: int | None, 
             "folder",
             param_hint="'--out'",
         )
-    with _errors():
+    with errors():
         check_distinct_paths(input_path, out_path)
         records, counts = make_pairs(read_gsm8k(input_path), n=n, seed=seed)
         if out_format == "dataset":
@@ -402,57 +353,3 @@ def pairs_gsm8k(input_path: str, out_path: str, out_format: str, n: int | None, 
         else:
             write_pairs_jsonl(records, out_path)
         click.echo(f"{out_path}: {len(records)} pairs; {describe_counts(counts)}")
-
-
-@contextmanager
-def _stop_signals():
-    """SIGTERM and SIGHUP stop a run as Ctrl-C does: the folder is marked interrupted."""
-
-    def stop(signum, frame):
-        raise Terminated(signum, signal.Signals(signum).name)
-
-    wanted = [signal.SIGTERM, getattr(signal, "SIGHUP", None)]
-    previous = {}
-    try:
-        for sig in filter(None, wanted):
-            previous[sig] = signal.signal(sig, stop)
-    except ValueError:  # not the main thread: signals stay as they were
-        pass
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-class _errors:
-    """Turn nnpatch errors and refused file operations into one `Error:` line on stderr and
-    exit code 2; Ctrl-C into 130 and stop signals into 128 + the signal's number."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, err, tb) -> bool:
-        if isinstance(err, NnpatchError):
-            run_dir = getattr(err, "run_dir", None)
-            then = f"; continue with: nnpatch run --resume {run_dir}"
-            click.echo(
-                f"Error: {err}{then if getattr(err, 'resumable', False) and run_dir else ''}",
-                err=True,
-            )
-            sys.exit(err.exit_code)
-        if isinstance(err, OSError):
-            where = f"{err.filename}: " if err.filename is not None else ""
-            click.echo(f"Error: {where}{err.strerror or type(err).__name__}", err=True)
-            sys.exit(2)
-        if isinstance(err, KeyboardInterrupt):
-            run_dir = getattr(err, "run_dir", None)
-            how = f"by {err.name}" if isinstance(err, Terminated) else "by Ctrl-C"
-            then = (
-                f"continue with: nnpatch run --resume {run_dir}"
-                if run_dir
-                else "nothing was written"
-            )
-            click.echo(f"Error: interrupted {how}; {then}", err=True)
-            sys.exit(128 + err.signum if isinstance(err, Terminated) else 130)
-        return False

@@ -119,23 +119,7 @@ def recorder(store: list):
 
 def patcher(targets: dict[int, tuple[int, torch.Tensor]]):
     """Replace output[:, token] on the listed calls with the given vector."""
-    count = {"n": 0}
-
-    def hook(module, args, output):
-        call = count["n"]
-        count["n"] += 1
-        if call not in targets:
-            return None
-        token, vector = targets[call]
-        if isinstance(output, tuple):
-            patched = output[0].clone()
-            patched[:, token] = vector
-            return (patched, *output[1:])
-        patched = output.clone()
-        patched[:, token] = vector
-        return patched
-
-    return hook
+    return multi_patcher({call: [target] for call, target in targets.items()})
 
 
 def answer_ids(model: ThoughtModel, answer: str) -> list[int]:

@@ -151,29 +151,12 @@ class Engine:
             scores["clean_ld"],
             scores["corrupt_ld"],
         )
-        clean = M.Scores(
-            clean_logits, scores["clean_ld"], scores["clean_lp_clean"], scores["clean_lp_corrupt"]
-        )
-        corrupt = M.Scores(
-            corrupt_logits,
-            scores["corrupt_ld"],
-            scores["corrupt_lp_clean"],
-            scores["corrupt_lp_corrupt"],
-        )
         own = list(range(len(pairs)))
-        clean_values, clean_texts = answers_split(
-            M.with_decoded(M.compute(self.metric_names, clean, refs), scores.get("clean_ids")),
-            self.metric_names,
-            self.model,
-            pairs,
-            own,
-        )
-        corrupt_values, corrupt_texts = answers_split(
-            M.with_decoded(M.compute(self.metric_names, corrupt, refs), scores.get("corrupt_ids")),
-            self.metric_names,
-            self.model,
-            pairs,
-            own,
+        (clean_values, clean_texts), (corrupt_values, corrupt_texts) = (
+            answers_split(
+                self._run_values(scores, run, refs), self.metric_names, self.model, pairs, own
+            )
+            for run in ("clean", "corrupt")
         )
         return Baselines(
             refs,
@@ -184,6 +167,18 @@ class Engine:
             clean_texts,
             corrupt_texts,
         )
+
+    def _run_values(self, scores: dict, run: str, refs: M.References) -> torch.Tensor:
+        """One unpatched run's raw rows (logit metrics, then decoded ids) from the baseline
+        pass's scores; `run` is "clean" or "corrupt"."""
+        own = M.Scores(
+            scores[f"{run}_logits"],
+            scores[f"{run}_ld"],
+            scores[f"{run}_lp_clean"],
+            scores[f"{run}_lp_corrupt"],
+        )
+        values = M.compute(self.metric_names, own, refs)
+        return M.with_decoded(values, scores.get(f"{run}_ids"))
 
     def _baseline_chunk(
         self,

@@ -3,9 +3,9 @@ into its folder: probe.parquet (long form), probe.md and a heatmap per value in 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -16,6 +16,7 @@ from nnpatch.probe.fit import WEIGHT_DECAY, cross_validate
 from nnpatch.probe.labels import run_labels, value_order
 from nnpatch.probe.report import write_probe
 from nnpatch.report.load import Run, load_activations, load_run
+from nnpatch.run.progress import progress_bar
 
 CELL = ["site", "layer", "position"]
 SCHEMA = {
@@ -58,7 +59,7 @@ def probe_run(
     run = record_run(path)
     tensor, index = load_activations(run.path)
     labels, notes = run_labels(run)
-    tick = _bar if progress else None
+    tick = partial(progress_bar, desc="probing", unit="cell") if progress else None
     table, skipped = probe_table(tensor, index, labels, folds, seed, weight_decay, tick)
     files, notes = write_probe(run, table, notes + skipped, folds, seed, charts)
     return Probed(run, table, notes, files)
@@ -129,17 +130,3 @@ def _is(column: pl.Expr, value) -> pl.Expr:
 def _where(cell: dict) -> str:
     layer = "thought" if cell["layer"] is None else f"L{cell['layer']}"
     return f"{cell['site']} {layer} {cell['position']}"
-
-
-def _bar(total: int) -> Callable[[int], None]:
-    """A tick per probe fitted, on stderr where a terminal shows it."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc="probing", unit="cell", file=sys.stderr, disable=None)
-
-    def tick(n: int) -> None:
-        bar.update(n)
-        if bar.n >= total:
-            bar.close()
-
-    return tick
